@@ -1,0 +1,323 @@
+"""The distillation loop shared by ATOM, DataDAM and DM (spec section 2).
+
+Each iteration draws a fresh random ConvNet (frozen), a real batch of ``batch_real`` images
+per class, and one DSA draw per class shared by that class's real and synthetic images; all
+classes go through the network in one batched forward per branch. The real branch runs under
+``torch.inference_mode`` and is reduced to class-mean statistics right away; only the
+synthetic branch builds an autograd graph, and SGD updates the synthetic pixels alone.
+
+All randomness (initial subset, network weights, real batches, augmentation) comes from one
+CPU ``torch.Generator`` seeded by ``seed``; its state is saved in every checkpoint, so the same
+seed gives the same synthetic set and a resumed run ends bit-identical to an uninterrupted
+one (on the same device and thread count).
+
+Loss values stay on the device and are read back every ``log_every`` iterations, so the loop
+never waits on the host in between.
+
+Example::
+
+    import atom
+    d = atom.load_digits()
+    res = atom.distill(d.train_images, d.train_labels, ipc=10, method="atom", iterations=500, seed=0)
+    res.images, res.labels, res.losses
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .augment import DSA, DSAParams
+from .io import load_tensors, save_tensors
+from .losses import LossConfig, MatchingLoss
+from .networks import ConvNet, init_weights
+from .runtime import tune_allocator
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def check_dataset(images: Tensor, labels: Tensor, num_classes: int | None = None,
+                  name: str = "images") -> int:
+    """Validate an (N, C, H, W) float batch and its labels; return the number of classes."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"{name}: expected a 4-D tensor (N, C, H, W), got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point pixels, got {images.dtype}")
+    lname = "labels" if name == "images" else f"{name} labels"
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{lname}: expected a 1-D tensor of {images.shape[0]} class indices")
+    if labels.is_floating_point():
+        raise ValueError(f"{lname}: expected integer class indices, got {labels.dtype}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name}: the set is empty")
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise ValueError(f"{lname}: values must lie in [0, {k}), got [{int(labels.min())}, {int(labels.max())}]")
+    return k
+
+
+def random_subset(labels: Tensor, ipc: int, generator: torch.Generator, num_classes: int) -> Tensor:
+    """Indices of ``ipc`` random images per class, class by class. Distillation's real
+    initialisation and the ``random`` baseline both call this first on a fresh generator
+    seeded with the same seed, so they pick the same images."""
+    idx = []
+    for k in range(num_classes):
+        cls = (labels == k).nonzero().squeeze(1)
+        idx.append(cls[torch.randperm(len(cls), generator=generator)[:ipc]])
+    return torch.cat(idx)
+
+
+@dataclass
+class DistillConfig:
+    """Every knob of the loop. Defaults are the spec's; ``lr_img=None`` means 1.0 for
+    ipc <= 50 and 10.0 above (section 2)."""
+
+    ipc: int
+    method: str = "atom"
+    iterations: int = 8000
+    batch_real: int = 128
+    real_chunk: int = 256  # images per real forward (0: the whole batch); results do not change
+    lr_img: float | None = None
+    momentum: float = 0.5
+    lr_milestones: list[float] = field(default_factory=list)  # fractions of `iterations`
+    lr_gamma: float = 0.1
+    init: str = "real"
+    seed: int = 0
+    net: dict = field(default_factory=lambda: dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg"))
+    loss: dict = field(default_factory=dict)  # overrides of LossConfig.for_method(method)
+    dsa: bool = True
+    dsa_params: dict = field(default_factory=dict)
+    log_every: int = 50
+    checkpoint_every: int = 0
+    snapshot_every: int = 0
+    channels_last: bool = False
+    compile: bool = False
+    bf16: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.ipc, int) or self.ipc < 1:
+            raise ValueError(f"ipc: must be a positive integer, got {self.ipc!r}")
+        for name in ("iterations", "batch_real", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        for name in ("checkpoint_every", "snapshot_every", "real_chunk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        if self.init not in ("real", "noise"):
+            raise ValueError(f"init: must be 'real' or 'noise', got {self.init!r}")
+        if self.lr_img is None:
+            self.lr_img = 1.0 if self.ipc <= 50 else 10.0
+        if not self.lr_img > 0:
+            raise ValueError(f"lr_img: must be > 0, got {self.lr_img}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum: must lie in [0, 1), got {self.momentum}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones: fractions in (0, 1), got {self.lr_milestones}")
+        self.loss_config = LossConfig.for_method(self.method, **self.loss)  # validates method, powers
+        self.dsa_config = DSAParams(**self.dsa_params)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["loss_resolved"] = self.loss_config.to_dict()
+        return d
+
+
+@dataclass
+class DistillResult:
+    images: Tensor
+    labels: Tensor
+    losses: list[float]
+    config: dict
+    seconds: float = 0.0
+    snapshots: list[tuple[int, Tensor]] = field(default_factory=list)
+
+    def __iter__(self):  # `x, y = atom.distill(...)`
+        yield self.images
+        yield self.labels
+
+
+# Keys that must agree between a checkpoint and the run resuming from it.
+_RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_milestones",
+                "lr_gamma", "init", "seed", "net", "loss", "dsa", "dsa_params")
+
+
+class _Step:
+    """One distillation iteration on fixed data; kept separate so benchmarks can time it."""
+
+    def __init__(self, cfg: DistillConfig, images: Tensor, labels: Tensor, num_classes: int,
+                 device: torch.device, dtype: torch.dtype):
+        self.cfg, self.k, self.device = cfg, num_classes, device
+        self.images = images.to(device, dtype)
+        self.labels = labels
+        self.class_idx = [(labels == c).nonzero().squeeze(1) for c in range(num_classes)]
+        c, h = images.shape[1], images.shape[2]
+        self.net = ConvNet(c, num_classes, h, **cfg.net).to(device, dtype)
+        self.net.requires_grad_(False)  # the network is never trained: no parameter gradients
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.loss = MatchingLoss(cfg.loss_config, num_classes)
+        self.dsa = DSA(cfg.dsa_config) if cfg.dsa else None
+        self.features = torch.compile(self.net.features) if cfg.compile else self.net.features
+        self.autocast = cfg.bf16 and device.type == "cuda"
+
+    def sample_real(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A real batch (on the device) and its labels (on the CPU: they index DSA slots and
+        class sums, and keeping them there avoids a device-to-host sync)."""
+        b = self.cfg.batch_real
+        idx = torch.cat([ci[torch.randperm(len(ci), generator=g)[:b]] for ci in self.class_idx])
+        return self.images[idx.to(self.device)], self.labels[idx]
+
+    def _forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            feats, emb = self.features(x)
+        if self.autocast:  # statistics in float32
+            feats, emb = [f.float() for f in feats], emb.float()
+        return feats, emb
+
+    def real_statistics(self, real: Tensor, real_labels: Tensor, draw) -> list[Tensor]:
+        """Class means of the real batch, reduced chunk by chunk: class means are sums over
+        images, so chunking changes nothing but keeps every activation small (on the CPU a
+        large fresh allocation costs more in page faults than the arithmetic on it)."""
+        n = real.shape[0]
+        chunk = n if (not self.cfg.real_chunk or self.cfg.net.get("norm") == "batchnorm") else self.cfg.real_chunk
+        sums = None
+        for i in range(0, n, chunk):
+            x, y = real[i:i + chunk], real_labels[i:i + chunk]
+            if draw is not None:
+                x = self.dsa.apply(x, draw, y)
+            part = self.loss.class_sums(*self._forward(x), y.to(self.device, non_blocking=True))
+            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+        counts = torch.bincount(real_labels, minlength=self.k).clamp(min=1).to(sums[0].device, sums[0].dtype)
+        return [s / counts[:, None] for s in sums]
+
+    def __call__(self, syn: Tensor, syn_labels: Tensor, g: torch.Generator) -> Tensor:
+        """Draw net, real batch and augmentation from ``g``; return the loss (graph to ``syn``).
+        ``syn_labels`` live on the CPU."""
+        init_weights(self.net, g)
+        real, real_labels = self.sample_real(g)
+        draw = self.dsa.sample(self.k, g) if self.dsa else None
+        with torch.inference_mode():
+            stats_real = self.real_statistics(real, real_labels, draw)
+        stats_real = [s.clone() for s in stats_real]  # plain tensors, usable in the autograd graph
+        x = self.dsa.apply(syn, draw, syn_labels) if draw is not None else syn
+        syn_stats = self.loss.statistics(*self._forward(x), syn_labels.to(self.device, non_blocking=True))
+        return self.loss.compare(stats_real, syn_stats)
+
+
+def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
+            device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
+            checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
+            callback: Callable[[int, Tensor], None] | None = None, **config) -> DistillResult:
+    """Distil ``images`` (N, C, H, W) with integer ``labels`` into ``ipc`` images per class.
+
+    ``config`` takes any :class:`DistillConfig` field (iterations, batch_real, lr_img, seed,
+    net, loss, dsa_params, ...). With ``checkpoint_path`` and ``checkpoint_every > 0`` the
+    state is saved periodically (atomically); ``resume=True`` continues from it.
+    ``callback(iteration, images)`` is called every ``snapshot_every`` iterations.
+    """
+    cfg = DistillConfig(ipc=ipc, method=method, **config)
+    k = check_dataset(images, labels, num_classes)
+    counts = torch.bincount(labels, minlength=k)
+    if int(counts.min()) < ipc:
+        raise ValueError(f"ipc: {ipc} exceeds the smallest class ({int(counts.min())} images, "
+                         f"class {int(counts.argmin())})")
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_allocator()
+    labels = labels.cpu().long()
+    g = torch.Generator().manual_seed(cfg.seed)
+    start, losses, snapshots = 0, [], []
+
+    init_idx = random_subset(labels, ipc, g, k)  # consumed even for noise init: same RNG stream
+    if cfg.init == "real":
+        syn0 = images[init_idx].clone()
+    else:
+        syn0 = torch.randn((k * ipc, *images.shape[1:]), generator=g)
+    syn_labels = torch.arange(k).repeat_interleave(ipc)
+    syn = syn0.to(dev, dtype).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = load_tensors(ckpt)
+        saved = state["config"]
+        for key in _RESUME_KEYS:
+            if saved.get(key) != getattr(cfg, key):
+                raise ValueError(f"{ckpt}: checkpoint was made with {key}={saved.get(key)!r}, "
+                                 f"this run has {key}={getattr(cfg, key)!r}")
+        with torch.no_grad():
+            syn.copy_(state["images"].to(dev, dtype))
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        start, losses = int(state["iteration"]), list(map(float, state["losses"]))
+        log.info("resumed from %s at iteration %d", ckpt, start)
+
+    step = _Step(cfg, images, labels, k, dev, dtype)
+    pending: list[Tensor] = []
+    milestones = sorted(int(round(m * cfg.iterations)) for m in cfg.lr_milestones)
+
+    def flush():
+        if pending:
+            losses.extend(torch.stack(pending).tolist())
+            pending.clear()
+
+    def save(iteration: int):
+        flush()
+        save_tensors({"images": syn.detach().cpu(), "labels": syn_labels, "optimizer": opt.state_dict(),
+                      "generator": g.get_state(), "iteration": iteration,
+                      "losses": torch.tensor(losses, dtype=torch.float64),
+                      "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
+               desc=f"distill {method} ipc{ipc}", dynamic_ncols=True)
+    for it in bar:
+        lr = cfg.lr_img * cfg.lr_gamma ** sum(it >= m for m in milestones)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = step(syn, syn_labels, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        pending.append(loss.detach())
+        done = it + 1
+        if done % cfg.log_every == 0 or done == cfg.iterations:
+            flush()
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"loss became {losses[-1]} at iteration {done}; lower lr_img")
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            log.info("iteration %d/%d loss %.6g", done, cfg.iterations, losses[-1])
+        if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            save(done)
+        if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.iterations:
+            snap = syn.detach().cpu().clone()
+            snapshots.append((done, snap))
+            if callback is not None:
+                callback(done, snap)
+    flush()
+    return DistillResult(syn.detach().cpu(), syn_labels, losses, cfg.to_dict(),
+                         time.perf_counter() - t0, snapshots)

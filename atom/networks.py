@@ -1,0 +1,130 @@
+"""The ConvNet family used for distillation, evaluation and the NAS proxy.
+
+``ConvNet`` is the standard dataset-distillation encoder: ``depth`` blocks of
+conv3x3 -> normalisation -> activation -> pooling, then a linear classifier on the flattened
+output of the last block. Distillation needs the post-activation map of every block and the
+final embedding; :meth:`ConvNet.features` returns them directly (no forward hooks), so the
+whole encoder is one traceable function (``torch.compile`` and ``torch.func`` friendly).
+
+Initialisation follows PyTorch's defaults (uniform Kaiming for conv/linear weights, uniform
+``1/sqrt(fan_in)`` biases, ones/zeros for norm affines), but draws from an explicit
+``torch.Generator`` via :func:`init_weights`, so a distillation iteration's random network is
+reproducible without touching the global RNG.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ConvNet", "init_weights", "build_network", "ACTIVATIONS", "NORMS", "POOLS"]
+
+ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
+NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
+POOLS = ("none", "max", "avg")
+_POOL_ALIASES = {"maxpool": "max", "avgpool": "avg", "maxpooling": "max", "avgpooling": "avg"}
+
+
+def _norm(kind: str, channels: int, size: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "layernorm":  # over (C, H, W) per image, as in the parent DC/DM code
+        return nn.LayerNorm([channels, size, size])
+    if kind == "instancenorm":  # GroupNorm with one group per channel, affine (spec section 2)
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "groupnorm":
+        return nn.GroupNorm(4 if channels % 4 == 0 else 1, channels, affine=True)
+    raise AssertionError(kind)
+
+
+def _act(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}[kind]()
+
+
+class ConvNet(nn.Module):
+    """ConvNet-``depth`` of ``width`` channels for ``channels`` x ``im_size`` x ``im_size`` inputs."""
+
+    def __init__(self, channels: int, num_classes: int, im_size: int, width: int = 128, depth: int = 3,
+                 act: str = "relu", norm: str = "instancenorm", pool: str = "avg"):
+        super().__init__()
+        pool = _POOL_ALIASES.get(pool, pool)
+        for name, value, allowed in (("act", act, ACTIVATIONS), ("norm", norm, NORMS), ("pool", pool, POOLS)):
+            if value not in allowed:
+                raise ValueError(f"{name}: unknown value {value!r}; choose from {allowed}")
+        for name, value in (("channels", channels), ("num_classes", num_classes), ("im_size", im_size),
+                            ("width", width), ("depth", depth)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if pool != "none" and im_size >> depth < 1:
+            raise ValueError(f"depth: {depth} pooling blocks shrink a {im_size}x{im_size} input below 1 pixel")
+        self.config = dict(channels=channels, num_classes=num_classes, im_size=im_size, width=width,
+                           depth=depth, act=act, norm=norm, pool=pool)
+        self.convs, self.norms, self.acts, self.pools = (nn.ModuleList() for _ in range(4))
+        size, c_in = im_size, channels
+        for _ in range(depth):
+            self.convs.append(nn.Conv2d(c_in, width, kernel_size=3, padding=1))
+            self.norms.append(_norm(norm, width, size))
+            self.acts.append(_act(act))
+            if pool == "none":
+                self.pools.append(nn.Identity())
+            else:
+                self.pools.append(nn.AvgPool2d(2, 2) if pool == "avg" else nn.MaxPool2d(2, 2))
+                size //= 2
+            c_in = width
+        self.embed_dim = width * size * size
+        self.feature_sizes = [im_size >> i if pool != "none" else im_size for i in range(depth)]
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Post-activation map of every block (before pooling) and the final embedding."""
+        feats = []
+        for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
+            x = act(norm(conv(x)))
+            feats.append(x)
+            x = pool(x)
+        return feats, x.flatten(1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x)[1])
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Re-draw every parameter with PyTorch's default scheme from ``generator``.
+
+    Conv/linear weights: ``kaiming_uniform_(a=sqrt(5))``; biases ``U(-1/sqrt(fan_in), ...)``;
+    norm affines: ones and zeros; batch-norm running statistics reset.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight
+            # draw on the CPU from the CPU generator, then copy: identical on every device
+            tmp = torch.empty(w.shape, dtype=torch.float32)
+            nn.init.kaiming_uniform_(tmp, a=math.sqrt(5), generator=generator)
+            w.copy_(tmp)
+            if m.bias is not None:
+                fan_in = w[0].numel()
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=generator))
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)):
+            if getattr(m, "weight", None) is not None:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+    return module
+
+
+def build_network(channels: int, num_classes: int, im_size: int, *, arch: str = "convnet",
+                  generator: torch.Generator | None = None, **config) -> nn.Module:
+    """Build a network by name and initialise it from ``generator``."""
+    if arch != "convnet":
+        raise ValueError(f"arch: unknown architecture {arch!r}; available: ['convnet']")
+    net = ConvNet(channels, num_classes, im_size, **config)
+    return init_weights(net, generator)
