@@ -63,6 +63,12 @@ class ConvNet(nn.Module):
         self.config = dict(channels=channels, num_classes=num_classes, im_size=im_size, width=width,
                            depth=depth, act=act, norm=norm, pool=pool)
         self.convs, self.norms, self.acts, self.pools = (nn.ModuleList() for _ in range(4))
+        # layers draw a throw-away default init from the global RNG; fork it so that building a
+        # network never shifts anybody else's random stream (real weights come from init_weights)
+        with torch.random.fork_rng(devices=[]):
+            self._build(channels, num_classes, im_size, width, depth, act, norm, pool)
+
+    def _build(self, channels, num_classes, im_size, width, depth, act, norm, pool):
         size, c_in = im_size, channels
         for _ in range(depth):
             self.convs.append(nn.Conv2d(c_in, width, kernel_size=3, padding=1))
