@@ -18,7 +18,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConvNet", "init_weights", "build_network", "ACTIVATIONS", "NORMS", "POOLS"]
+__all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "init_weights", "build_network",
+           "ACTIVATIONS", "NORMS", "POOLS"]
 
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
@@ -100,6 +101,96 @@ class ConvNet(nn.Module):
         return self.classifier(self.features(x)[1])
 
 
+class AlexNet(nn.Module):
+    """AlexNet for small inputs (five convs, three max-pools), as used for cross-architecture
+    evaluation in the DC/DM/DataDAM line of work; ``norm`` after every conv."""
+
+    def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        with torch.random.fork_rng(devices=[]):
+            layers, size, c_in = [], im_size, channels
+            for c_out, k, pool in ((128, 5, True), (192, 5, True), (256, 3, False), (192, 3, False), (192, 3, True)):
+                layers += [nn.Conv2d(c_in, c_out, k, padding=k // 2), _norm(norm, c_out, size), nn.ReLU()]
+                if pool and size >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
+                c_in = c_out
+            self.body = nn.Sequential(*layers)
+            self.classifier = nn.Linear(c_in * size * size, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.body(x).flatten(1))
+
+
+class VGG11(nn.Module):
+    """VGG-11 with ``norm`` after every conv; pools are skipped once the map is 1x1 so that
+    small inputs (8x8 digits) work too."""
+
+    _CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        with torch.random.fork_rng(devices=[]):
+            layers, size, c_in = [], im_size, channels
+            for v in self._CFG:
+                if v == "M":
+                    if size >= 2:
+                        layers.append(nn.MaxPool2d(2))
+                        size //= 2
+                    continue
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), _norm(norm, v, size), nn.ReLU()]
+                c_in = v
+            self.body = nn.Sequential(*layers)
+            self.classifier = nn.Linear(c_in * size * size, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.body(x).flatten(1))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, size: int):
+        super().__init__()
+        out_size = (size + stride - 1) // stride
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n1 = _norm(norm, c_out, out_size)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.n2 = _norm(norm, c_out, out_size)
+        self.short = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out, out_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.n1(self.conv1(x)))
+        return torch.relu(self.n2(self.conv2(out)) + self.short(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (CIFAR stem: one 3x3 conv, no max-pool) with ``norm`` (instancenorm by default)."""
+
+    def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        with torch.random.fork_rng(devices=[]):
+            self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), _norm(norm, 64, im_size), nn.ReLU())
+            blocks, c_in, size = [], 64, im_size
+            for c_out, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+                blocks.append(_BasicBlock(c_in, c_out, stride, norm, size))
+                size, c_in = (size + stride - 1) // stride, c_out
+            self.blocks = nn.Sequential(*blocks)
+            self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+ARCHITECTURES = {"convnet": ConvNet, "alexnet": AlexNet, "vgg11": VGG11, "resnet18": ResNet18}
+
+
 @torch.no_grad()
 def init_weights(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Re-draw every parameter with PyTorch's default scheme from ``generator``.
@@ -129,8 +220,11 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
 
 def build_network(channels: int, num_classes: int, im_size: int, *, arch: str = "convnet",
                   generator: torch.Generator | None = None, **config) -> nn.Module:
-    """Build a network by name and initialise it from ``generator``."""
+    """Build a network by name (``convnet``, ``alexnet``, ``vgg11``, ``resnet18``) and initialise
+    it from ``generator``. ConvNet takes depth/width/act/norm/pool; the others take ``norm``."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch: unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
     if arch != "convnet":
-        raise ValueError(f"arch: unknown architecture {arch!r}; available: ['convnet']")
-    net = ConvNet(channels, num_classes, im_size, **config)
+        config = {"norm": config["norm"]} if "norm" in config else {}
+    net = ARCHITECTURES[arch](channels, num_classes, im_size, **config)
     return init_weights(net, generator)

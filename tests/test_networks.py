@@ -66,3 +66,13 @@ def test_init_follows_pytorch_default_bounds():
 def test_bad_configuration_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ConvNet(1, 10, 8, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
+@pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])
+def test_cross_architecture_networks(arch, channels, size):
+    net = build_network(channels, 10, size, arch=arch, generator=torch.Generator().manual_seed(0), norm="instancenorm")
+    out = net(torch.rand(2, channels, size, size))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="arch"):
+        build_network(channels, 10, size, arch="vit")
