@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
 from .distill import check_dataset, random_subset, resolve_device
-from .networks import build_network
+from .networks import ARCHITECTURES, build_network
 from .runtime import tune_allocator
 
 __all__ = ["train_evaluate", "evaluate", "baseline_set", "accuracy", "summarize", "EvalConfig"]
@@ -44,7 +44,8 @@ class EvalConfig:
     def __init__(self, epochs: int = 1000, lr: float = 0.01, momentum: float = 0.9,
                  weight_decay: float = 5e-4, batch_size: int = 256, scheduler: str = "halfway",
                  step_size: int = 15, step_gamma: float = 0.5, dsa: bool = True,
-                 dsa_params: dict | None = None, net: dict | None = None, eval_batch_size: int = 1024):
+                 dsa_params: dict | None = None, net: dict | None = None, eval_batch_size: int = 1024,
+                 arch: str = "convnet"):
         for name, v in (("epochs", epochs), ("batch_size", batch_size), ("step_size", step_size),
                         ("eval_batch_size", eval_batch_size)):
             if not isinstance(v, int) or v < 1:
@@ -63,6 +64,9 @@ class EvalConfig:
         self.dsa, self.dsa_params = dsa, DSAParams(**(dsa_params or {}))
         self.net = dict(net or dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg"))
         self.eval_batch_size = eval_batch_size
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch: unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
+        self.arch = arch  # cross-architecture evaluation: the same set on AlexNet/VGG-11/ResNet-18
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate used during ``epoch`` (0-based)."""
@@ -103,7 +107,7 @@ def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     if dev.type == "cpu":
         tune_allocator()
     g = torch.Generator().manual_seed(seed)
-    net = build_network(train_x.shape[1], k, train_x.shape[2], generator=g, **cfg.net).to(dev)
+    net = build_network(train_x.shape[1], k, train_x.shape[2], arch=cfg.arch, generator=g, **cfg.net).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dsa = DSA(cfg.dsa_params) if cfg.dsa else None
     x_all, y_all = train_x.to(dev), train_y.to(dev)

@@ -60,3 +60,12 @@ def test_bad_baseline_and_tensors(digits):
         atom.baseline_set("random", x, y, ipc=100_000)
     with pytest.raises(ValueError, match="test images"):
         atom.train_evaluate(x, y, digits.test_images[:, :, :4], digits.test_labels, epochs=1, net=NET)
+
+
+def test_cross_architecture_evaluation_runs(digits):
+    x, y = atom.baseline_set("random", digits.train_images, digits.train_labels, ipc=1, seed=0)
+    r = atom.train_evaluate(x, y, digits.test_images, digits.test_labels, epochs=1, arch="alexnet",
+                            net=dict(norm="instancenorm"))
+    assert 0 <= r["accuracy"] <= 100
+    with pytest.raises(ValueError, match="arch"):
+        EvalConfig(arch="vit")
