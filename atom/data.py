@@ -1,20 +1,54 @@
 """Datasets: the embedded digits set and the registry of downloadable datasets.
 
 Every loader returns an :class:`ImageDataset`: float tensors in [0, 1] of shape
-(N, C, H, W), integer labels ``0..K-1`` and the class names. ``load_digits`` needs no
-network: it reads scikit-learn's bundled copy of the UCI handwritten digits (1,797 real
-8x8 grayscale images) and splits it with a fixed seed.
+(N, C, H, W), integer labels ``0..K-1`` and the class names. The registry has two steps per
+dataset, both taking the dataset group's ``options`` (the same dict for both; each step
+ignores the keys that belong to the other, an unknown key is a ``ValueError``)::
+
+    from atom import data
+    data.download("imagefolder", "data/raw/mine", source="mine.tar.xz")   # fetch / extract
+    d = data.load("imagefolder", "data/raw/mine", mode="rgb")            # decode
+
+Registered datasets (options and defaults in :data:`OPTIONS`):
+
+- ``digits``: scikit-learn's bundled UCI digits (1,797 real 8x8 grayscale images), no network.
+- ``cifar10``, ``cifar100``: torchvision's ``CIFAR10``/``CIFAR100`` file layout and md5
+  checksums. ``download`` touches no network when ``raw_dir`` already holds the intact
+  ``cifar-10-batches-py`` folder or the official archive, or when ``source`` names a local
+  copy of the archive; the archive's md5 is checked before it is extracted (safely).
+- ``tinyimagenet``: the official ``tiny-imagenet-200.zip`` (md5-checked, downloaded with
+  torchvision's ``download_url`` or given as ``source``), extracted with the validation images
+  regrouped into class folders by ``val/val_annotations.txt``; 64x64 RGB, 200 classes in
+  ``wnids.txt`` order; the validation set is the test set.
+- ``imagefolder``: a user's dataset as a folder or ``.tar.gz``/``.tar.xz``/``.zip`` archive
+  in ImageFolder layout, ``train/<class>/*`` + ``test/<class>/*`` (or ``val/``), or one
+  ``<class>/*`` tree split by a seeded, stratified ``test_fraction``. Any format Pillow
+  reads; sizes must agree unless ``resize`` is set; ``mode`` picks RGB, grayscale or
+  ``auto`` (grayscale only when every image is grayscale). ``download`` copies or safely
+  extracts the source into ``raw_dir/images`` (atomically; see :mod:`atom.archive`).
+
+Decoding runs in a pool of ``workers`` processes (fork) when there are many images. Every
+bad input is a ``ValueError`` naming the file and the problem.
 """
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ImageDataset", "load_digits", "DATASETS", "register", "download", "load"]
+from .archive import check_member_name, is_archive, safe_copytree, safe_extract
+
+__all__ = ["ImageDataset", "load_digits", "DATASETS", "OPTIONS", "register", "download", "load",
+           "decode_images", "IMAGE_EXTENSIONS", "TINYIMAGENET_URL", "TINYIMAGENET_MD5"]
 
 
 @dataclass
@@ -70,6 +104,11 @@ class DatasetSpec:
     download: Callable[..., Path]
     load: Callable[..., ImageDataset]
     description: str = ""
+    options: dict[str, Any] | None = None  # accepted option keys and their defaults; None: any
+
+
+# Accepted ``options`` per dataset and their defaults (params.yaml ``datasets.<name>.options``).
+OPTIONS: dict[str, dict[str, Any]] = {}
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -77,22 +116,30 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 def register(name: str, spec: DatasetSpec) -> None:
     DATASETS[name] = spec
+    if spec.options is not None:
+        OPTIONS[name] = dict(spec.options)
 
 
-def _check_name(name: str) -> DatasetSpec:
+def _check_name(name: str, options: dict) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"dataset: unknown dataset {name!r}; available: {sorted(DATASETS)}")
-    return DATASETS[name]
+    spec = DATASETS[name]
+    if spec.options is not None:
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"options: unknown key(s) {unknown} for dataset {name!r}; "
+                             f"accepted: {sorted(spec.options)}")
+    return spec
 
 
 def download(name: str, raw_dir: str | Path, **options) -> Path:
     """Fetch ``name`` into ``raw_dir`` (no network when its files are already there)."""
-    return _check_name(name).download(Path(raw_dir), **options)
+    return _check_name(name, options).download(Path(raw_dir), **options)
 
 
 def load(name: str, raw_dir: str | Path, **options) -> ImageDataset:
     """Decode ``name`` from ``raw_dir`` into an :class:`ImageDataset`."""
-    return _check_name(name).load(Path(raw_dir), **options)
+    return _check_name(name, options).load(Path(raw_dir), **options)
 
 
 def _digits_download(raw_dir: Path, test_fraction: float = 0.2, seed: int = 0) -> Path:
@@ -117,4 +164,487 @@ def _digits_load(raw_dir: Path, **_ignored) -> ImageDataset:
 
 
 register("digits", DatasetSpec(_digits_download, _digits_load,
-                               "scikit-learn's bundled UCI digits, 1,797 8x8 grayscale images"))
+                               "scikit-learn's bundled UCI digits, 1,797 8x8 grayscale images",
+                               {"test_fraction": 0.2, "seed": 0}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image decoding (shared by tinyimagenet and imagefolder)
+# ---------------------------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_MODES = ("rgb", "grayscale", "auto")
+_CHUNK = 512  # images per worker task: large enough to amortise pickling, small enough to balance
+
+
+def _to_gray(im):
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        # 16-bit grayscale (PNG/TIFF): Pillow's convert("L") clips above 255; scale instead.
+        a = np.asarray(im, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "L")
+    return im.convert("L")
+
+
+def _decode_chunk(task: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``paths`` to an (n, H, W, 3) uint8 array (grayscale replicated) plus a
+    per-image "was grayscale" flag. Runs in worker processes: no torch here."""
+    from PIL import Image
+
+    paths, (h, w), resize, mode, first = task
+    out = np.empty((len(paths), h, w, 3), np.uint8)
+    gray = np.zeros(len(paths), bool)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                is_gray = im.mode in _GRAY_MODES
+                if mode == "grayscale" or (mode == "auto" and is_gray):
+                    im2 = _to_gray(im)
+                else:
+                    im2 = im.convert("RGB")
+        except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError...
+            raise ValueError(f"{p}: cannot decode image ({type(exc).__name__}: {exc})") from None
+        if im2.size != (w, h):
+            if resize is None:
+                raise ValueError(f"{p}: image is {im2.size[1]}x{im2.size[0]} (HxW) but {first} is {h}x{w}; "
+                                 "sizes differ and resizing is off (set options.resize to [H, W])")
+            im2 = im2.resize((w, h), Image.Resampling.BILINEAR)
+        a = np.asarray(im2)
+        out[i] = a[..., None] if a.ndim == 2 else a
+        gray[i] = im2.mode == "L"
+    return out, gray
+
+
+def _pool_context():
+    # fork starts workers instantly (spawn would re-import torch in each); the workers only
+    # use Pillow and numpy, so forking a process that has torch threads is safe here.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _decode_raw(paths: list[str], mode: str, size: tuple[int, int] | None, resize: bool,
+                workers: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    if mode not in _MODES:
+        raise ValueError(f"mode: must be one of {list(_MODES)}, got {mode!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
+    if not paths:
+        raise ValueError("decode_images: no image files given")
+    if size is None:
+        try:
+            with Image.open(paths[0]) as im:
+                size = (im.size[1], im.size[0])
+        except Exception as exc:
+            raise ValueError(f"{paths[0]}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    h, w = size
+    starts = range(0, len(paths), _CHUNK)
+    tasks = [(paths[i:i + _CHUNK], (h, w), resize or None, mode, paths[0]) for i in starts]
+    raw = np.empty((len(paths), h, w, 3), np.uint8)
+    gray = np.empty(len(paths), bool)
+    if workers > 1 and len(tasks) > 1:
+        with _pool_context().Pool(min(workers, len(tasks))) as pool:
+            for i, (arr, g) in zip(starts, pool.imap(_decode_chunk, tasks)):
+                raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
+    else:
+        for i, task in zip(starts, tasks):
+            arr, g = _decode_chunk(task)
+            raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
+    return raw, gray
+
+
+def _channels(mode: str, gray: np.ndarray) -> int:
+    return 1 if mode == "grayscale" or (mode == "auto" and bool(gray.all())) else 3
+
+
+def decode_images(paths: Sequence[str | os.PathLike], *, mode: str = "rgb",
+                  size: tuple[int, int] | None = None, resize: bool = False,
+                  workers: int = 2) -> Tensor:
+    """Decode image files into one float (N, C, H, W) tensor in [0, 1].
+
+    ``size`` (H, W): the required size; ``None`` takes the first image's. Images of another
+    size are resized (bilinear, antialiased) when ``resize`` is true, otherwise rejected.
+    ``mode``: ``"rgb"`` (C=3), ``"grayscale"`` (C=1, luma), ``"auto"`` (C=1 when every image
+    is stored as grayscale, else C=3 with grayscale images replicated). ``workers`` > 1
+    decodes in that many processes.
+    """
+    raw, gray = _decode_raw([str(p) for p in paths], mode, size, resize, workers)
+    return _to_float(raw, _channels(mode, gray))
+
+
+def _to_float(raw: np.ndarray, channels: int, chunk: int = 4096) -> Tensor:
+    """(N, H, W, 3) uint8 -> contiguous (N, C, H, W) float32 / 255, chunk by chunk so that no
+    second full-size float copy exists (a permuted ``.float()`` would also be non-contiguous)."""
+    n, h, w, _ = raw.shape
+    out = torch.empty((n, channels, h, w), dtype=torch.float32)
+    src = torch.from_numpy(raw)
+    for i in range(0, n, chunk):
+        out[i:i + chunk].copy_(src[i:i + chunk, :, :, :channels].permute(0, 3, 1, 2)).div_(255.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder layout
+# ---------------------------------------------------------------------------------------------
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".") and p.name != "__MACOSX"
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
+
+
+def _list_images(folder: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if _visible(Path(d))]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if _visible(Path(f)) and f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def _scan_split(split_dir: Path, classes: list[str] | None = None, image_subdir: str | None = None
+                ) -> tuple[list[str], list[int], list[str]]:
+    """Image paths and labels under ``split_dir/<class>/`` (recursively); classes default to
+    the sorted sub-folder names. A missing or empty class folder is an error naming it."""
+    if classes is None:
+        classes = [p.name for p in _subdirs(split_dir)]
+        if not classes:
+            raise ValueError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image files>)")
+    paths: list[str] = []
+    labels: list[int] = []
+    for k, c in enumerate(classes):
+        d = split_dir / c if image_subdir is None else split_dir / c / image_subdir
+        if not d.is_dir():
+            raise ValueError(f"{d}: class {c!r} has no folder here")
+        imgs = _list_images(d)
+        if not imgs:
+            raise ValueError(f"{d}: class {c!r} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        paths += imgs
+        labels += [k] * len(imgs)
+    return paths, labels, classes
+
+
+def _find_root(folder: Path) -> Path:
+    # Archives often wrap everything in one top folder ("mydata/train/..."): descend through
+    # single folders that hold only folders until a train/ folder or the class folders appear.
+    root = folder
+    while not (root / "train").is_dir():
+        entries = [p for p in root.iterdir() if _visible(p)]
+        if len(entries) == 1 and entries[0].is_dir() and _subdirs(entries[0]) \
+                and not _list_images_shallow(entries[0]):
+            root = entries[0]
+        else:
+            break
+    return root
+
+
+def _list_images_shallow(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _imagefolder_layout(folder: Path) -> dict:
+    """Find the splits of an ImageFolder tree: {"train": (paths, labels), "test": ... or None,
+    "classes": [...]}; checks class folders and that none is empty (no decoding)."""
+    root = _find_root(folder)
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    test_dir = None
+    if train_dir != root:
+        test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    paths, labels, classes = _scan_split(train_dir)
+    out = {"root": root, "classes": classes, "train": (paths, labels), "test": None}
+    if test_dir is not None:
+        extra = sorted({p.name for p in _subdirs(test_dir)} - set(classes))
+        if extra:
+            raise ValueError(f"{test_dir}: class folder(s) {extra} have no counterpart in {train_dir}")
+        tp, tl, _ = _scan_split(test_dir, classes)
+        out["test"] = (tp, tl)
+    return out
+
+
+def _stratified_split(labels: list[int], num_classes: int, fraction: float, seed: int,
+                      classes: list[str], where: Path) -> tuple[Tensor, Tensor]:
+    y = torch.tensor(labels)
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for k in range(num_classes):
+        idx = (y == k).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = int(round(len(idx) * fraction))
+        if n_test < 1 or n_test >= len(idx):
+            raise ValueError(f"{where}: class {classes[k]!r} has {len(idx)} image(s), too few to split with "
+                             f"test_fraction={fraction} (each side needs at least one)")
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+
+
+def _check_md5(path: Path, expected: str, what: str) -> None:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise ValueError(f"{path}: md5 checksum mismatch for {what}: expected {expected}, got {h.hexdigest()} "
+                         "(a truncated or different file; delete it or point options.source at a good copy)")
+
+
+def _download_to(url: str, raw_dir: Path, filename: str, md5: str) -> Path:
+    """torchvision's ``download_url`` into a temp folder, renamed into ``raw_dir`` only once
+    its md5 matched, so an interrupted download leaves no partial file behind."""
+    from torchvision.datasets.utils import download_url
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download.", dir=raw_dir))
+    try:
+        try:
+            download_url(url, str(tmp), filename, md5)
+        except Exception as exc:
+            raise RuntimeError(f"{url}: download failed ({type(exc).__name__}: {exc}); without network, copy "
+                               f"{filename} (md5 {md5}) into {raw_dir} or set options.source to it") from exc
+        os.replace(tmp / filename, raw_dir / filename)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return raw_dir / filename
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 (torchvision's file layout and checksums)
+# ---------------------------------------------------------------------------------------------
+
+def _cifar_class(name: str):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    return {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+
+
+def _cifar_intact(cls, raw_dir: Path) -> bool:
+    # The same md5 list torchvision's CIFAR10._check_integrity walks, plus the meta file.
+    from torchvision.datasets.utils import check_integrity
+
+    files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+    return all(check_integrity(str(raw_dir / cls.base_folder / f), md5) for f, md5 in files)
+
+
+def _cifar_download(raw_dir: Path, *, name: str, source: str | None = None) -> Path:
+    cls = _cifar_class(name)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    folder = raw_dir / cls.base_folder
+    if source is None and _cifar_intact(cls, raw_dir):
+        return folder  # already extracted and verified: no network
+    if source is not None:
+        archive = Path(source)
+        if not archive.is_file():
+            raise FileNotFoundError(f"{archive}: options.source not found (expected {cls.filename})")
+    else:
+        archive = raw_dir / cls.filename
+        if not archive.is_file():
+            archive = _download_to(cls.url, raw_dir, cls.filename, cls.tgz_md5)
+    _check_md5(archive, cls.tgz_md5, f"the official {cls.filename}")
+    safe_extract(archive, folder, root=cls.base_folder)
+    if not _cifar_intact(cls, raw_dir):
+        raise ValueError(f"{archive}: extracted files in {folder} fail torchvision's md5 checks")
+    return folder
+
+
+def _cifar_load(raw_dir: Path, *, name: str, source: str | None = None) -> ImageDataset:
+    cls = _cifar_class(name)
+    if not _cifar_intact(cls, raw_dir):
+        raise ValueError(f"{raw_dir / cls.base_folder}: missing or corrupt (fails torchvision's md5 checks); "
+                         f"run download for {name!r} first")
+    # The batches are pickles; they are only read after their md5 matched the official files.
+    parts = {}
+    for split in ("train", "test"):
+        ds = cls(str(raw_dir), train=split == "train", download=False)
+        parts[split] = (_to_float(np.ascontiguousarray(ds.data), 3), torch.tensor(ds.targets, dtype=torch.long))
+        classes = list(ds.classes)
+    return ImageDataset(name, *parts["train"], *parts["test"], classes)
+
+
+for _name, _desc in (("cifar10", "CIFAR-10: 50,000/10,000 32x32 RGB images, 10 classes (torchvision files)"),
+                     ("cifar100", "CIFAR-100: 50,000/10,000 32x32 RGB images, 100 classes (torchvision files)")):
+    register(_name, DatasetSpec(
+        lambda raw_dir, _n=_name, **o: _cifar_download(raw_dir, name=_n, **o),
+        lambda raw_dir, _n=_name, **o: _cifar_load(raw_dir, name=_n, **o),
+        _desc, {"source": None}))
+
+
+# ---------------------------------------------------------------------------------------------
+# TinyImageNet
+# ---------------------------------------------------------------------------------------------
+
+TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINYIMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+_TINY_DIR = "tiny-imagenet-200"
+
+
+def _read_wnids(root: Path) -> list[str]:
+    f = root / "wnids.txt"
+    if not f.is_file():
+        raise ValueError(f"{f}: missing (not a TinyImageNet folder)")
+    wnids = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    if not wnids:
+        raise ValueError(f"{f}: lists no classes")
+    for w in wnids:
+        if "/" in w or "\\" in w or w in (".", ".."):
+            raise ValueError(f"{f}: {w!r} is not a valid class id")
+    if len(set(wnids)) != len(wnids):
+        raise ValueError(f"{f}: repeats a class id")
+    return wnids
+
+
+def _tiny_regroup(root: Path) -> None:
+    """Move val/images/<file> to val/<wnid>/<file> as listed in val/val_annotations.txt."""
+    wnids = set(_read_wnids(root))
+    val = root / "val"
+    ann = val / "val_annotations.txt"
+    if not ann.is_file():
+        raise ValueError(f"{ann}: missing (cannot group the validation images by class)")
+    for n, line in enumerate(ann.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{ann}: line {n}: expected '<file>\\t<wnid>\\t...', got {line!r}")
+        fname, wnid = fields[0].strip(), fields[1].strip()
+        check_member_name(ann, fname)
+        if "/" in fname or wnid not in wnids:
+            raise ValueError(f"{ann}: line {n}: bad entry {fname!r} -> {wnid!r} (class not in wnids.txt?)")
+        src = val / "images" / fname
+        if not src.is_file():
+            raise ValueError(f"{ann}: line {n}: {src} not found")
+        (val / wnid).mkdir(exist_ok=True)
+        os.replace(src, val / wnid / fname)
+    left = _list_images(val / "images") if (val / "images").is_dir() else []
+    if left:
+        raise ValueError(f"{val / 'images'}: {len(left)} image(s) have no line in {ann}, e.g. {left[0]}")
+    if (val / "images").is_dir():
+        shutil.rmtree(val / "images")
+
+
+def _tiny_download(raw_dir: Path, *, source: str | None = None, workers: int = 2) -> Path:
+    folder = raw_dir / _TINY_DIR
+    # The folder only ever appears by an atomic rename after regrouping, so its presence
+    # (without val/images) means it is complete.
+    if source is None and (folder / "wnids.txt").is_file() and not (folder / "val" / "images").exists():
+        return folder
+    if source is not None:
+        archive = Path(source)
+        if not archive.is_file():
+            raise FileNotFoundError(f"{archive}: options.source not found (expected tiny-imagenet-200.zip)")
+    else:
+        archive = raw_dir / "tiny-imagenet-200.zip"
+        if not archive.is_file():
+            archive = _download_to(TINYIMAGENET_URL, raw_dir, archive.name, TINYIMAGENET_MD5)
+    _check_md5(archive, TINYIMAGENET_MD5, "the official tiny-imagenet-200.zip")
+    return safe_extract(archive, folder, root=_TINY_DIR, prepare=_tiny_regroup)
+
+
+def _tiny_load(raw_dir: Path, *, source: str | None = None, workers: int = 2) -> ImageDataset:
+    root = raw_dir / _TINY_DIR
+    if not root.is_dir():
+        raise ValueError(f"{root}: not found; run download for 'tinyimagenet' first")
+    if (root / "val" / "images").exists():
+        raise ValueError(f"{root / 'val' / 'images'}: validation images are not grouped by class; "
+                         "delete the folder and run download again")
+    wnids = _read_wnids(root)
+    tr_paths, tr_labels, _ = _scan_split(root / "train", wnids, image_subdir="images")
+    te_paths, te_labels, _ = _scan_split(root / "val", wnids)
+    opts = dict(mode="rgb", size=(64, 64), resize=False, workers=workers)
+    return ImageDataset("tinyimagenet", decode_images(tr_paths, **opts), torch.tensor(tr_labels),
+                        decode_images(te_paths, **opts), torch.tensor(te_labels), wnids)
+
+
+register("tinyimagenet", DatasetSpec(_tiny_download, _tiny_load,
+                                     "TinyImageNet: 100,000/10,000 64x64 RGB images, 200 classes",
+                                     {"source": None, "workers": 2}))
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder: a user's folder or archive
+# ---------------------------------------------------------------------------------------------
+
+_IMAGEFOLDER_OPTIONS = {"source": None, "sha256": None, "mode": "auto", "resize": None,
+                        "test_fraction": 0.2, "seed": 0, "workers": 2}
+
+
+def _imagefolder_download(raw_dir: Path, *, source: str | None = None, sha256: str | None = None,
+                          **_load_options) -> Path:
+    if source is None:
+        raise ValueError("options.source: required for 'imagefolder' (a folder or a .tar.gz/.tar.xz/.zip "
+                         "archive in ImageFolder layout)")
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: options.source not found")
+    dest = raw_dir / "images"
+
+    def validate(folder: Path) -> None:  # runs before the final rename: a bad tree never lands
+        _imagefolder_layout(folder)
+
+    if src.is_dir():
+        if sha256 is not None:
+            raise ValueError(f"options.sha256: applies to an archive, but {src} is a folder")
+        return safe_copytree(src, dest, prepare=validate)
+    if not is_archive(src):
+        raise ValueError(f"{src}: options.source must be a folder or a .tar.gz/.tar.xz/.zip archive")
+    if sha256 is not None:
+        from .io import sha256 as _sha256
+
+        got = _sha256(src)
+        if got != str(sha256).lower():
+            raise ValueError(f"{src}: sha256 checksum mismatch: expected {sha256}, got {got}")
+    return safe_extract(src, dest, prepare=validate)
+
+
+def _parse_resize(resize) -> tuple[int, int] | None:
+    if resize is None:
+        return None
+    if isinstance(resize, int) and not isinstance(resize, bool):
+        resize = [resize, resize]
+    if (isinstance(resize, (list, tuple)) and len(resize) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resize)):
+        return int(resize[0]), int(resize[1])
+    raise ValueError(f"options.resize: must be null, a positive integer or [H, W], got {resize!r}")
+
+
+def _imagefolder_load(raw_dir: Path, *, mode: str = "auto", resize=None, test_fraction: float = 0.2,
+                      seed: int = 0, workers: int = 2, source: str | None = None,
+                      sha256: str | None = None) -> ImageDataset:
+    if mode not in _MODES:
+        raise ValueError(f"options.mode: must be one of {list(_MODES)}, got {mode!r}")
+    size = _parse_resize(resize)
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"options.test_fraction: must lie in (0, 1), got {test_fraction!r}")
+    folder = raw_dir / "images"
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not found; run download for 'imagefolder' first")
+    lay = _imagefolder_layout(folder)
+    classes = lay["classes"]
+    paths, labels = lay["train"]
+    if lay["test"] is None:  # one tree: a seeded, stratified split
+        tr, te = _stratified_split(labels, len(classes), float(test_fraction), int(seed), classes, lay["root"])
+        tr_paths, tr_labels = [paths[i] for i in tr], [labels[i] for i in tr]
+        te_paths, te_labels = [paths[i] for i in te], [labels[i] for i in te]
+    else:
+        tr_paths, tr_labels = paths, labels
+        te_paths, te_labels = lay["test"]
+    # One decode over train + test so both share the size and (in auto mode) the channel count;
+    # converted separately so that neither tensor is a view holding the other's storage.
+    raw, gray = _decode_raw(tr_paths + te_paths, mode, size, size is not None, workers)
+    c, n = _channels(mode, gray), len(tr_paths)
+    train_x = _to_float(raw[:n], c)
+    test_x = _to_float(raw[n:], c)
+    del raw
+    return ImageDataset("imagefolder", train_x, torch.tensor(tr_labels, dtype=torch.long),
+                        test_x, torch.tensor(te_labels, dtype=torch.long), classes)
+
+
+register("imagefolder", DatasetSpec(_imagefolder_download, _imagefolder_load,
+                                    "a user's ImageFolder tree (folder or .tar.gz/.tar.xz/.zip archive)",
+                                    dict(_IMAGEFOLDER_OPTIONS)))

@@ -144,11 +144,17 @@ def summarize(values: list[float]) -> dict:
 
 def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
              seeds: list[int] | tuple[int, ...] = (0, 1, 2, 3, 4), num_classes: int | None = None,
-             device: str | torch.device = "auto", progress: bool = True, **kwargs) -> dict:
-    """Run :func:`train_evaluate` once per seed; return per-seed accuracies, mean and std."""
+             device: str | torch.device = "auto", progress: bool = True, batched: bool = False,
+             **kwargs) -> dict:
+    """Run :func:`train_evaluate` once per seed; return per-seed accuracies, mean and std.
+    ``batched=True`` trains all seeds together (:mod:`atom.batched`; same per-seed results)."""
     if not seeds:
         raise ValueError("seeds: need at least one seed")
     cfg = kwargs.pop("config", None) or EvalConfig(**kwargs)
+    if batched:
+        from .batched import evaluate_batched
+        return evaluate_batched(train_x, train_y, test_x, test_y, seeds=seeds, num_classes=num_classes,
+                                device=device, progress=progress, config=cfg)
     runs = []
     for seed in tqdm(list(seeds), disable=not progress, desc="evaluate", dynamic_ncols=True):
         runs.append(train_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed,

@@ -1,0 +1,199 @@
+"""Pictures of synthetic sets and curves of runs.
+
+Images always go back through the *exact* inverse of the preprocessing they were learned in
+(``atom.preprocess.inverse``: un-whiten, then un-normalise), are clamped to [0, 1] and only
+then quantised to 8 bits::
+
+    from atom import viz
+    viz.save_grid(res.images, res.labels, state, "grid.png", classes=d.classes)  # a row per class
+    viz.export_imagefolder(res.images, res.labels, state, "out/", classes=d.classes)  # <class>/<n>.png
+    viz.plot_loss(res.losses, "loss.png")
+    viz.plot_accuracy(rows, "accuracy.png")   # rows: method, ipc, mean, std
+
+Every file is written atomically (``atom.io``); matplotlib runs on its non-interactive backend.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .io import atomic_path
+from .preprocess import inverse
+
+__all__ = ["to_pixels", "class_grid", "save_grid", "export_imagefolder", "plot_loss", "plot_accuracy",
+           "safe_name"]
+
+
+def to_pixels(images: Tensor, state: dict | None) -> Tensor:
+    """Preprocessed images -> floats in [0, 1] through the exact inverse preprocessing."""
+    x = images.detach().cpu().float()
+    if state is not None:
+        x = inverse(x, state)
+    return x.clamp(0.0, 1.0)
+
+
+def _check(images: Tensor, labels: Tensor) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"images: expected (N, C, H, W), got shape {tuple(images.shape)}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels: expected {images.shape[0]} class indices, got shape {tuple(labels.shape)}")
+
+
+def class_grid(images: Tensor, labels: Tensor, state: dict | None = None, *, num_classes: int | None = None,
+               max_per_class: int = 10, padding: int = 1) -> Tensor:
+    """A (C, H', W') grid in [0, 1] with one row per class and up to ``max_per_class`` columns;
+    missing cells stay white."""
+    _check(images, labels)
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class: must be >= 1, got {max_per_class}")
+    x = to_pixels(images, state)
+    labels = labels.cpu().long()
+    k = num_classes if num_classes is not None else int(labels.max()) + 1
+    c, h, w = x.shape[1:]
+    cols = min(max_per_class, max(int((labels == i).sum()) for i in range(k)) or 1)
+    grid = torch.ones(c, k * (h + padding) + padding, cols * (w + padding) + padding)
+    for row in range(k):
+        for col, idx in enumerate((labels == row).nonzero().squeeze(1)[:cols].tolist()):
+            y0, x0 = padding + row * (h + padding), padding + col * (w + padding)
+            grid[:, y0:y0 + h, x0:x0 + w] = x[idx]
+    return grid
+
+
+def _to_pil(img: Tensor, scale: int = 1):
+    from PIL import Image
+
+    arr = (img * 255.0).round().clamp(0, 255).to(torch.uint8)
+    if scale > 1:
+        arr = arr.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    arr = arr.permute(1, 2, 0).numpy()
+    if arr.shape[2] == 1:
+        return Image.fromarray(arr[:, :, 0], mode="L")
+    return Image.fromarray(arr, mode="RGB")
+
+
+def save_grid(images: Tensor, labels: Tensor, state: dict | None, path: str | os.PathLike, *,
+              num_classes: int | None = None, max_per_class: int = 10, scale: int = 4) -> Path:
+    """Write :func:`class_grid` as a PNG, upscaled ``scale`` times (nearest neighbour)."""
+    if scale < 1:
+        raise ValueError(f"scale: must be >= 1, got {scale}")
+    grid = class_grid(images, labels, state, num_classes=num_classes, max_per_class=max_per_class)
+    with atomic_path(path) as tmp:
+        _to_pil(grid, scale).save(tmp, format="PNG")
+    return Path(path)
+
+
+def safe_name(name: str) -> str:
+    """A class name usable as a folder name on any filesystem."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return s or "class"
+
+
+def export_imagefolder(images: Tensor, labels: Tensor, state: dict | None, out_dir: str | os.PathLike, *,
+                       classes: Sequence[str] | None = None, scale: int = 1) -> Path:
+    """Write every image as ``<out_dir>/<class>/<n>.png`` (n counts from 0 within a class), the
+    layout torchvision's ``ImageFolder`` reads. The folder is built beside ``out_dir`` and
+    renamed over it at the end, so a reader never sees half an export."""
+    _check(images, labels)
+    out_dir = Path(out_dir)
+    labels = labels.cpu().long()
+    k = int(labels.max()) + 1
+    names = [safe_name(c) for c in classes] if classes is not None else [str(i) for i in range(k)]
+    if len(names) < k:
+        raise ValueError(f"classes: {len(names)} names for {k} classes")
+    if len(set(names)) != len(names):
+        raise ValueError("classes: two class names map to the same folder name")
+    x = to_pixels(images, state)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        counts = [0] * k
+        for img, y in zip(x, labels.tolist()):
+            folder = tmp / names[y]
+            folder.mkdir(exist_ok=True)
+            _to_pil(img, scale).save(folder / f"{counts[y]}.png", format="PNG")
+            counts[y] += 1
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(losses: Sequence[float], path: str | os.PathLike, *, steps: Sequence[int] | None = None,
+              title: str = "distillation loss", dpi: int = 120) -> Path:
+    """Loss against iteration, on a log scale when every value is positive."""
+    if len(losses) == 0:
+        raise ValueError("losses: empty loss curve")
+    plt = _figure()
+    steps = list(steps) if steps is not None else list(range(1, len(losses) + 1))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(steps, list(losses), lw=1)
+    if min(losses) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_accuracy(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "test accuracy",
+                  dpi: int = 120) -> Path:
+    """Accuracy (mean +- std) against IPC, one line per method; rows with ``ipc`` None (the
+    whole-training-set baseline) are drawn as a horizontal line."""
+    if not rows:
+        raise ValueError("rows: nothing to plot")
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        pts = sorted((r["ipc"], r["mean"], r["std"]) for r in rows if r["method"] == m and r["ipc"] is not None)
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m,
+                        ls="--" if m == "random" else "-")
+        for r in rows:
+            if r["method"] == m and r["ipc"] is None:
+                ax.axhline(r["mean"], color="gray", ls=":", label=f"{m} ({r['mean']:.1f})")
+    ax.set_xscale("log")
+    ipcs = sorted({r["ipc"] for r in rows if r["ipc"] is not None})
+    if ipcs:
+        ax.set_xticks(ipcs)
+        ax.set_xticklabels([str(i) for i in ipcs])
+    ax.set_xlabel("images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(path)

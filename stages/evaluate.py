@@ -1,0 +1,76 @@
+"""Stage `evaluate`: train fresh networks on one set and score them on the test set (spec 6).
+
+    python -m stages.evaluate --dataset digits --method atom --ipc 10    # a synthetic set
+    python -m stages.evaluate --dataset digits --method random --ipc 10  # random real subset
+    python -m stages.evaluate --dataset digits --method full             # whole training set
+
+The random baseline draws ``ipc`` real images per class with ``runtime.seed``, the same draw
+distillation starts from. Settings: the ``evaluate`` section merged with the dataset group's
+overrides (``evaluate.full`` applies to the full baseline); ``evaluate.batched`` is passed to
+the evaluator only when true. Writes ``<paths.results>/evaluate/<dataset>/<method>/ipc<k>/
+metrics.json`` (``.../full/metrics.json``): every per-seed accuracy, mean, std, n.
+
+MLflow: a parent run (mean, std, n) with one child run per seed.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import common
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if args.method is None:
+        raise ValueError(f"--method: required, one of {common.METHODS + common.BASELINES}")
+    if args.method == "full":
+        if args.ipc is not None:
+            raise ValueError("--ipc: the full baseline takes no ipc")
+    elif args.ipc is None:
+        raise ValueError(f"--ipc: required for {args.method!r}")
+    st = common.Stage("evaluate", args)
+    seeds, cfg, batched = common.evaluate_settings(st.params, st.dataset, st.method)
+    from atom.evaluate import baseline_set, evaluate
+    from atom.io import load_tensors, write_json
+
+    prep = load_tensors(st.path("prepared"))
+    k = len(prep["classes"])
+    if st.method in common.METHODS:
+        syn = load_tensors(st.path("synthetic"))
+        train_x, train_y = syn["images"], syn["labels"]
+    else:
+        train_x, train_y = baseline_set(st.method, prep["train_images"], prep["train_labels"], ipc=st.ipc,
+                                           seed=st.params["runtime"]["seed"], num_classes=k)
+    device = st.resolved_device()
+    extra = {"batched": True} if batched else {}
+    st.log.info("evaluating %s/%s ipc %s: %d images, seeds %s, %s", st.dataset, st.method, st.ipc,
+                train_x.shape[0], seeds, cfg)
+    res = evaluate(train_x, train_y, prep["test_images"], prep["test_labels"], seeds=seeds, num_classes=k,
+                      device=device, progress=False, **cfg, **extra)
+    runs = [{key: r[key] for key in ("seed", "accuracy", "train_accuracy", "seconds") if key in r}
+            for r in res["runs"]]
+    metrics = {"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "n_train": int(train_x.shape[0]),
+               "mean": res["mean"], "std": res["std"], "n": res["n"], "seeds": list(res["seeds"]),
+               "per_seed": list(res["per_seed"]), "runs": runs, "epochs": cfg["epochs"],
+               "scheduler": cfg["scheduler"], "batched": batched, "device": device,
+               "seconds": sum(r.get("seconds", 0.0) for r in runs)}
+    out = common.eval_path(st.params, st.dataset, st.method, st.ipc)
+    write_json(metrics, out)
+    st.log.info("accuracy %.2f +- %.2f over %d seeds -> %s", res["mean"], res["std"], res["n"], out)
+
+    tracker = st.tracker()
+    with tracker.run("evaluate", st.method, st.ipc) as parent:
+        parent.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "seeds": seeds,
+                           "batched": batched, "device": device, "n_train": metrics["n_train"], **cfg})
+        parent.log_metrics({"accuracy_mean": res["mean"], "accuracy_std": res["std"], "n_seeds": res["n"]})
+        parent.log_artifact(out)
+        for r in runs:
+            with tracker.run("evaluate", st.method, st.ipc, parent=parent,
+                             name=f"evaluate/{st.dataset}/{st.method}/ipc{st.ipc}/seed{r['seed']}",
+                             extra_tags={"seed": str(r["seed"])}) as child:
+                child.log_params({"seed": r["seed"]})
+                child.log_metrics({k2: v for k2, v in r.items() if k2 != "seed"})
+
+
+if __name__ == "__main__":
+    sys.exit(common.run(main))

@@ -1,0 +1,87 @@
+"""Stage `visualize`: pictures of one synthetic set, or the accuracy plot of one dataset.
+
+    python -m stages.visualize --dataset digits --method atom --ipc 10
+        -> <paths.results>/visualize/digits/atom/ipc10/grid.png   (a row per class, through
+           the exact inverse preprocessing), loss.png, images/<class>/<n>.png (ImageFolder)
+    python -m stages.visualize --dataset digits
+        -> <paths.results>/visualize/digits/accuracy.png, accuracy.csv (accuracy vs ipc for
+           every method and baseline in the experiment matrix)
+
+Settings: the ``visualize`` section. MLflow: the pictures as artifacts of a `visualize` run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+from . import common
+
+
+def experiment_pictures(st: common.Stage) -> None:
+    from atom import viz
+    from atom.io import load_tensors
+
+    vz = st.params["visualize"]
+    syn = load_tensors(st.path("synthetic"))
+    prep = load_tensors(st.path("state"))
+    k = len(prep["classes"])
+    grid = viz.save_grid(syn["images"], syn["labels"], prep["state"], st.path("grid"), num_classes=k,
+                         max_per_class=vz["max_per_class"], scale=vz["grid_scale"])
+    with open(st.path("loss_csv")) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{st.path('loss_csv')}: no loss values")
+    loss = viz.plot_loss([float(r["loss"]) for r in rows], st.path("loss_png"),
+                         steps=[int(r["iteration"]) for r in rows],
+                         title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
+    folder = viz.export_imagefolder(syn["images"], syn["labels"], prep["state"], st.path("images"),
+                                    classes=prep["classes"], scale=vz["png_scale"])
+    st.log.info("wrote %s, %s and %d images under %s", grid, loss, syn["images"].shape[0], folder)
+    with st.tracker().run("visualize", st.method, st.ipc) as run:
+        run.log_params(vz)
+        run.log_artifact(grid)
+        run.log_artifact(loss)
+
+
+def accuracy_plot(st: common.Stage) -> None:
+    from atom import viz
+    from atom.io import write_text
+
+    rows = []
+    for kind, ipc in common.evaluations(st.params, st.dataset):
+        p = common.eval_path(st.params, st.dataset, kind, ipc)
+        m = json.loads(p.read_text())
+        rows.append({"method": kind, "ipc": ipc, "mean": m["mean"], "std": m["std"], "n": m["n"]})
+    if not rows:
+        raise ValueError(f"experiment: nothing was evaluated for {st.dataset!r}")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "ipc", "mean", "std", "n"])
+    for r in rows:
+        w.writerow([r["method"], "" if r["ipc"] is None else r["ipc"], f"{r['mean']:.4f}", f"{r['std']:.4f}", r["n"]])
+    write_text(buf.getvalue(), st.path("accuracy_csv"))
+    png = viz.plot_accuracy(rows, st.path("accuracy_png"), title=f"{st.dataset}: test accuracy",
+                            dpi=st.params["visualize"]["dpi"])
+    st.log.info("wrote %s", png)
+    with st.tracker().run("visualize", name=f"visualize/{st.dataset}/accuracy") as run:
+        run.log_artifact(png)
+        run.log_artifact(st.path("accuracy_csv"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if (args.method is None) != (args.ipc is None):
+        raise ValueError("--method/--ipc: give both (one synthetic set) or neither (the accuracy plot)")
+    if args.method is not None and args.method not in common.METHODS:
+        raise ValueError(f"--method: visualize draws synthetic sets of {common.METHODS}, got {args.method!r}")
+    st = common.Stage("visualize", args)
+    if st.method is None:
+        accuracy_plot(st)
+    else:
+        experiment_pictures(st)
+
+
+if __name__ == "__main__":
+    sys.exit(common.run(main))

@@ -1,0 +1,122 @@
+"""params.yaml and its schema: complete, described, and strict enough to stop bad runs early."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_support import ROOT, make_project, project_env, tiny_params, tool
+from stages import common
+
+
+@pytest.fixture(scope="module")
+def params():
+    return common.load_params(ROOT / "params.yaml")
+
+
+def _walk(schema, where="schema"):
+    """Yield (where, subschema) for every property schema."""
+    if isinstance(schema, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            yield f"{where}.{name}", sub
+        for key, sub in schema.items():
+            if key in ("properties", "$defs"):
+                for name, s in sub.items():
+                    yield from _walk(s, f"{where}.{name}")
+            elif isinstance(sub, (dict, list)) and key not in ("default", "enum"):
+                yield from _walk(sub, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, s in enumerate(schema):
+            yield from _walk(s, f"{where}[{i}]")
+
+
+def test_every_schema_key_is_described_and_typed():
+    schema = yaml.safe_load((ROOT / "schemas/params.schema.yaml").read_text())
+    for where, sub in _walk(schema):
+        if set(sub) <= {"required", "properties"}:  # the `required` additions inside allOf
+            continue
+        assert "description" in sub or "$ref" in sub, f"{where}: no description"
+        assert {"type", "enum", "$ref", "allOf", "anyOf"} & set(sub), f"{where}: no type"
+
+
+def test_default_and_tiny_params_are_valid(params):
+    common.validate_params(tiny_params())
+    assert params["experiment"]["methods"] == ["atom", "datadam", "dm"]
+    assert params["experiment"]["baselines"] == ["random", "full"] and params["experiment"]["ipcs"] == [1, 10]
+    # every dataset group validates once merged into the sections it overrides
+    for name in params["datasets"]:
+        assert common.section(params, "distill", name)["iterations"] >= 1
+        seeds, cfg, batched = common.evaluate_settings(params, name, "atom")
+        assert seeds and cfg["epochs"] >= 1 and batched is False
+
+
+def test_dataset_groups_override_only_their_dataset(params):
+    tiny = common.distill_kwargs(params, "tinyimagenet", "atom")
+    assert tiny["net"]["depth"] == 4 and tiny["net"]["width"] == params["distill"]["net"]["width"]
+    assert tiny["loss"]["lam"] == 0.02 and tiny["loss"]["p_c"] == params["distill"]["loss"]["atom"]["p_c"]
+    assert common.distill_kwargs(params, "digits", "atom")["net"]["depth"] == 3
+    assert common.distill_kwargs(params, "digits", "dm")["loss"] == params["distill"]["loss"]["dm"]
+    assert params["datasets"]["cifar10"]["preprocess"]["zca"] and not params["datasets"]["tinyimagenet"]["preprocess"]["zca"]
+    seeds, full, _ = common.evaluate_settings(params, "digits", "full")
+    assert full["epochs"] == params["evaluate"]["full"]["epochs"] and seeds == params["evaluate"]["full"]["seeds"]
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("distill.iterations", "many", ["distill.iterations", "not of type 'integer'"]),
+    ("distill.iterations", 0, ["distill.iterations", "minimum"]),
+    ("evaluate.seeds", [], ["evaluate.seeds"]),
+    ("distill.loss.atom.p_c", 0.5, ["distill.loss.atom.p_c", "minimum"]),
+    ("datasets.cifar10.distill.lr_img", -1.0, ["datasets.cifar10.distill.lr_img"]),
+    ("runtime.device", "gpu", ["runtime.device"]),
+    ("experiment.methods", ["atom", "dc"], ["experiment.methods.1"]),
+    ("distill.unknown_knob", 1, ["distill", "unknown_knob"]),
+    ("experiment.datasets", ["nope"], ["experiment.datasets.0", "nope"]),
+])
+def test_bad_values_name_their_key(params, key, value, words):
+    bad = copy.deepcopy(params)
+    *parents, last = key.split(".")
+    node = bad
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(common.ParamsError) as err:
+        common.validate_params(bad)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_a_stage_with_bad_params_stops_before_any_compute(tmp_path):
+    root = make_project(tmp_path / "p", {"distill": {"batch_real": -3}})
+    res = subprocess.run([sys.executable, "-m", "stages.distill", "--dataset", "digits", "--method", "atom",
+                          "--ipc", "1"], cwd=root, env=project_env(root), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert "distill.batch_real" in res.stderr and "minimum" in res.stderr
+    # nothing was read, computed or written (not even a log or an MLflow store)
+    assert not any((root / d).exists() for d in ("data", "results", "logs", "mlflow.db"))
+
+
+def test_snakemake_validates_params_before_scheduling(tmp_path):
+    root = make_project(tmp_path / "p", {"evaluate": {"epochs": 2.5}})
+    res = subprocess.run([tool("snakemake"), "-n", "--cores", "1"], cwd=root, env=project_env(root),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "epochs" in out and "2.5" in out and "integer" in out
+    assert not (root / "results").exists()
+
+
+def test_stage_params_cover_what_each_stage_reads(params):
+    # a change in any of these reruns the stage in Snakemake (params:) and DVC (params:)
+    sp = common.stage_params(params, "distill", "digits")
+    assert sp["distill"] == params["distill"] and sp["dsa"] == params["dsa"] and sp["seed"] == 0
+    assert "distill" not in common.stage_params(params, "evaluate", "digits")
+    assert "seed" in common.stage_params(params, "evaluate_random", "digits")
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "datasets.${item.dataset}.distill"}
+    assert set(dvc["evaluate"]["params"]) == {"evaluate", "dsa", "datasets.${item.dataset}.evaluate"}
+    assert Path(ROOT / "tests/params.tiny.yaml").is_file()

@@ -1,0 +1,214 @@
+"""The pipeline end to end, on throw-away copies of the project with tiny params.
+
+- the Snakefile and dvc.yaml describe the same stages with the same commands, inputs, outputs;
+- `snakemake` runs the whole DAG (tests/params.tiny.yaml) and leaves every declared output,
+  the report, the ImageFolder export and MLflow records;
+- `dvc repro` runs it in a temp git repo; after one distill parameter changes, only distill
+  and the stages downstream of it rerun.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_support import make_project, project_env, tool
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _sh(cmd: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return res
+
+
+def _norm_cmd(cmd: str) -> str:
+    # the Snakefile runs the stages with its own interpreter; dvc.yaml says `python`
+    parts = cmd.strip().split()
+    assert parts[1] == "-m" and parts[2].startswith("stages."), cmd
+    return " ".join(["python"] + parts[1:])
+
+
+def snakemake_jobs(root: Path) -> dict[str, dict]:
+    """{command: {rule, inputs, outputs}} of every job, from a forced dry run's job listing."""
+    res = _sh([tool("snakemake"), "-n", "-p", "--forceall", "--cores", "1"], root)
+    jobs: dict[str, dict] = {}
+    job: dict | None = None
+    for line in (res.stdout + "\n" + res.stderr).splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            job = {"rule": m.group(1), "inputs": set(), "outputs": set()}
+        elif job is not None and line.startswith(("    input: ", "    output: ")):
+            key, _, value = line.strip().partition(": ")
+            job["inputs" if key == "input" else "outputs"].update(v.rstrip("/") for v in value.split(", ") if v)
+        elif job is not None and line.startswith("Shell command: "):
+            if line.strip() == "Shell command: None":  # rule all
+                job = None
+                continue
+            cmd = _norm_cmd(line[len("Shell command: "):])
+            assert cmd not in jobs, f"two jobs run {cmd}"
+            jobs[cmd] = job
+            job = None
+    assert jobs, res.stdout[-2000:]
+    return jobs
+
+
+def dvc_stages(root: Path) -> dict[str, dict]:
+    """{command: {stage, deps, outs}} of every stage of dvc.yaml (params files left out)."""
+    from dvc.dependency import ParamsDependency
+    from dvc.repo import Repo
+
+    Repo.init(str(root), no_scm=True)
+    with Repo(str(root)) as repo:
+        out = {}
+        for st in repo.index.stages:
+            out[" ".join(st.cmd.split())] = {
+                "stage": st.name.split("@")[0],
+                "deps": {d.def_path for d in st.deps if not isinstance(d, ParamsDependency)},
+                "outs": {o.def_path for o in st.outs},
+            }
+        return out
+
+
+def _covers(dep: str, path: str) -> bool:
+    return path == dep or path.startswith(dep.rstrip("/") + "/")
+
+
+def test_snakefile_and_dvc_yaml_describe_the_same_pipeline(tmp_path):
+    root = make_project(tmp_path / "p", tiny=False)  # the default matrix
+    snake = snakemake_jobs(root)
+    dvc = dvc_stages(root)
+    assert set(snake) == set(dvc), f"commands differ: {set(snake) ^ set(dvc)}"
+    assert {j["rule"] for j in snake.values()} == {s["stage"] for s in dvc.values()}
+    for cmd, job in snake.items():
+        st = dvc[cmd]
+        assert job["rule"] == st["stage"], cmd
+        assert job["outputs"] == st["outs"], f"{cmd}: outputs differ: {job['outputs'] ^ st['outs']}"
+        # dvc.yaml may name a folder (atom/, results/evaluate/<dataset>) where the Snakefile
+        # lists the files in it: every input is covered by a dep and every dep covers an input
+        uncovered = {p for p in job["inputs"] if not any(_covers(d, p) for d in st["deps"])}
+        assert not uncovered, f"{cmd}: Snakefile inputs missing from dvc.yaml: {uncovered}"
+        unused = {d for d in st["deps"] if not any(_covers(d, p) for p in job["inputs"])}
+        assert not unused, f"{cmd}: dvc.yaml deps missing from the Snakefile: {unused}"
+    # the default matrix: 3 methods x 2 ipcs distilled, evaluated and drawn, both baselines
+    rules = [j["rule"] for j in snake.values()]
+    assert rules.count("distill") == 6 and rules.count("evaluate") == 6 and rules.count("visualize") == 6
+    assert rules.count("evaluate_random") == 2 and rules.count("evaluate_full") == 1
+
+
+@pytest.fixture(scope="module")
+def snake_project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("snake") / "p")
+    res = _sh([tool("snakemake"), "--cores", "2"], root, timeout=500)
+    return root, res
+
+
+def test_snakemake_runs_the_whole_dag(snake_project):
+    root, _ = snake_project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    exp = params["experiment"]
+    d, m, k = exp["datasets"][0], exp["methods"][0], exp["ipcs"][0]
+    dist = root / f"results/distill/{d}/{m}/ipc{k}"
+    for name in ("synthetic.pt", "checkpoint.pt", "loss.csv", "metrics.json"):
+        assert (dist / name).is_file(), name
+    loss = (dist / "loss.csv").read_text().splitlines()
+    assert loss[0] == "iteration,loss" and len(loss) == 1 + params["distill"]["iterations"]
+
+    ev = json.loads((root / f"results/evaluate/{d}/{m}/ipc{k}/metrics.json").read_text())
+    assert ev["seeds"] == params["evaluate"]["seeds"] and ev["n"] == len(ev["per_seed"]) == len(ev["seeds"])
+    assert min(ev["per_seed"]) <= ev["mean"] <= max(ev["per_seed"]) and ev["std"] >= 0
+    full = json.loads((root / f"results/evaluate/{d}/full/metrics.json").read_text())
+    assert full["seeds"] == params["evaluate"]["full"]["seeds"] and full["epochs"] == params["evaluate"]["full"]["epochs"]
+    rnd = json.loads((root / f"results/evaluate/{d}/random/ipc{k}/metrics.json").read_text())
+    assert rnd["n_train"] == ev["n_train"] == 10 * k
+
+    # ImageFolder export: <class>/<n>.png, ipc images per class, decodable, shaped like the data
+    from PIL import Image
+
+    folder = root / f"results/visualize/{d}/{m}/ipc{k}/images"
+    classes = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # Snakemake stamps dirs
+    assert classes == [str(i) for i in range(10)]
+    for c in classes:
+        pngs = sorted(p.name for p in (folder / c).iterdir())
+        assert pngs == [f"{i}.png" for i in range(k)]
+        with Image.open(folder / c / "0.png") as im:
+            assert im.size == (8, 8) and im.mode == "L"
+    for name in ("grid.png", "loss.png"):
+        assert (root / f"results/visualize/{d}/{m}/ipc{k}/{name}").stat().st_size > 0
+    assert (root / f"results/visualize/{d}/accuracy.png").is_file()
+    acc = (root / f"results/visualize/{d}/accuracy.csv").read_text().splitlines()
+    assert acc[0] == "method,ipc,mean,std,n" and len(acc) == 1 + 3  # atom, random, full
+
+    summary = json.loads((root / "results/report/summary.json").read_text())
+    rows = {(r["method"], r["ipc"]) for r in summary["datasets"][d]["rows"]}
+    assert rows == {(m, k), ("random", k), ("full", None)}
+    md = (root / "results/report/summary.md").read_text()
+    assert f"| IPC {k} |" in md and "ATOM" in md and "random real" in md and "whole training set" in md
+    assert re.search(r"\d+\.\d{2} ± \d+\.\d{2} \(n=2\)", md)
+
+    for stage in ("download", "zca", "distill", "evaluate", "visualize", "report"):
+        assert list((root / "logs" / stage).glob("*.log")), stage
+    assert (root / f"logs/distill/{d}-{m}-ipc{k}.log").read_text().count("iteration") >= 2
+    # everything is up to date afterwards
+    again = _sh([tool("snakemake"), "--cores", "1", "-n"], root)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_pipeline_records_runs_in_mlflow(snake_project):
+    root, _ = snake_project
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("atom-digits")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    by_stage = defaultdict(list)
+    for r in runs:
+        by_stage[r.data.tags["stage"]].append(r)
+    assert {"download", "zca", "distill", "evaluate", "visualize", "report"} <= set(by_stage)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    (dist,) = by_stage["distill"]
+    assert dist.data.tags["method"] == "atom" and dist.data.tags["ipc"] == "1" and dist.data.tags["git_commit"]
+    assert dist.data.params["iterations"] == "4" and dist.data.params["net.width"] == "16"
+    hist = client.get_metric_history(dist.info.run_id, "loss")
+    assert sorted(h.step for h in hist) == [1, 2, 3, 4]
+    arts = {a.path for a in client.list_artifacts(dist.info.run_id)}
+    assert {"grid.png", "synthetic.pt", "loss.csv"} <= arts
+    evals = by_stage["evaluate"]
+    parents = [r for r in evals if "mlflow.parentRunId" not in r.data.tags and r.data.tags["method"] == "atom"]
+    assert len(parents) == 1 and "accuracy_mean" in parents[0].data.metrics
+    children = [r for r in evals if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["seed"] for r in children) == ["0", "1"]
+
+
+@pytest.mark.timeout(900)
+def test_dvc_repro_then_only_distill_and_downstream_rerun(tmp_path):
+    root = make_project(tmp_path / "p", {"mlflow": {"enabled": False}})  # records are tested above
+    _sh(["git", "init", "-q"], root)
+    _sh([tool("dvc"), "init", "-q"], root)
+    _sh([tool("dvc"), "config", "core.analytics", "false"], root)
+    first = _sh([tool("dvc"), "repro"], root, timeout=600).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", first))
+    assert {"download@digits", "zca@digits", "distill@digits-atom-1", "evaluate@digits-atom-1",
+            "evaluate_random@digits-1", "evaluate_full@digits", "visualize@digits-atom-1", "accuracy@digits",
+            "report"} == ran
+    assert (root / "results/report/summary.md").is_file() and (root / "dvc.lock").is_file()
+    assert "Data and pipelines are up to date" in _sh([tool("dvc"), "status"], root).stdout
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["iterations"] += 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    second = _sh([tool("dvc"), "repro"], root, timeout=600).stdout
+    rerun = set(re.findall(r"Running stage '([^']+)'", second))
+    assert rerun == {"distill@digits-atom-1", "evaluate@digits-atom-1", "visualize@digits-atom-1",
+                     "accuracy@digits", "report"}, second
+    skipped = set(re.findall(r"Stage '([^']+)' didn't change", second))
+    assert {"download@digits", "zca@digits", "evaluate_random@digits-1", "evaluate_full@digits"} <= skipped
+    loss = (root / "results/distill/digits/atom/ipc1/loss.csv").read_text().splitlines()
+    assert len(loss) == 1 + params["distill"]["iterations"]
