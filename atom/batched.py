@@ -48,10 +48,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from .augment import DSA, Draw
-from .distill import check_dataset, resolve_device
-from .evaluate import EvalConfig, summarize, train_evaluate
+from .evaluate import EvalConfig, check_train_test, summarize, train_evaluate
 from .networks import build_network
-from .runtime import tune_allocator
 
 __all__ = ["BatchedNets", "train_batched", "evaluate_batched", "supports_batching", "MODES"]
 
@@ -192,13 +190,7 @@ def evaluate_batched(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
                                device=device, config=cfg) for s in seeds]
         accs = [r["accuracy"] for r in runs]
         return {"per_seed": accs, "seeds": list(seeds), "runs": runs, **summarize(accs), "batched": False}
-    k = check_dataset(train_x, train_y, num_classes)
-    check_dataset(test_x, test_y, k, name="test images")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"test images: shape {tuple(test_x.shape[1:])} differs from train {tuple(train_x.shape[1:])}")
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_allocator()
+    k, dev = check_train_test(train_x, train_y, test_x, test_y, num_classes, device)
     t0 = time.perf_counter()
     model = train_batched(train_x, train_y, seeds=list(seeds), num_classes=k, device=dev, config=cfg,
                           progress=progress, mode=mode)

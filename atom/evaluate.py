@@ -77,6 +77,19 @@ class EvalConfig:
         return self.lr
 
 
+def check_train_test(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                     num_classes: int | None, device: str | torch.device) -> tuple[int, torch.device]:
+    """Validate a train/test pair and resolve the device: (number of classes, device)."""
+    k = check_dataset(train_x, train_y, num_classes)
+    check_dataset(test_x, test_y, k, name="test images")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"test images: shape {tuple(test_x.shape[1:])} differs from train {tuple(train_x.shape[1:])}")
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_allocator()
+    return k, dev
+
+
 @torch.no_grad()
 def accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
     """Top-1 accuracy in percent."""
@@ -99,13 +112,7 @@ def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     Returns ``{"accuracy", "train_accuracy", "seconds", "seed"}``.
     """
     cfg = config or EvalConfig(**kwargs)
-    k = check_dataset(train_x, train_y, num_classes)
-    check_dataset(test_x, test_y, k, name="test images")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"test images: shape {tuple(test_x.shape[1:])} differs from train {tuple(train_x.shape[1:])}")
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_allocator()
+    k, dev = check_train_test(train_x, train_y, test_x, test_y, num_classes, device)
     g = torch.Generator().manual_seed(seed)
     net = build_network(train_x.shape[1], k, train_x.shape[2], arch=cfg.arch, generator=g, **cfg.net).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

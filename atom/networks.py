@@ -41,6 +41,11 @@ def _norm(kind: str, channels: int, size: int) -> nn.Module:
     raise AssertionError(kind)
 
 
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+
+
 def _act(kind: str) -> nn.Module:
     return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "leakyrelu": lambda: nn.LeakyReLU(0.01)}[kind]()
 
@@ -107,8 +112,7 @@ class AlexNet(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        _check_norm(norm)
         with torch.random.fork_rng(devices=[]):
             layers, size, c_in = [], im_size, channels
             for c_out, k, pool in ((128, 5, True), (192, 5, True), (256, 3, False), (192, 3, False), (192, 3, True)):
@@ -132,8 +136,7 @@ class VGG11(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        _check_norm(norm)
         with torch.random.fork_rng(devices=[]):
             layers, size, c_in = [], im_size, channels
             for v in self._CFG:
@@ -173,8 +176,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, im_size: int, norm: str = "instancenorm"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm: unknown value {norm!r}; choose from {NORMS}")
+        _check_norm(norm)
         with torch.random.fork_rng(devices=[]):
             self.stem = nn.Sequential(nn.Conv2d(channels, 64, 3, 1, 1, bias=False), _norm(norm, 64, im_size), nn.ReLU())
             blocks, c_in, size = [], 64, im_size

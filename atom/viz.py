@@ -157,6 +157,11 @@ def plot_loss(losses: Sequence[float], path: str | os.PathLike, *, steps: Sequen
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(plt, fig, path, dpi)
+
+
+def _save(plt, fig, path: str | os.PathLike, dpi: int) -> Path:
+    """Lay out, write atomically as PNG, close."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -192,8 +197,4 @@ def plot_accuracy(rows: Sequence[dict], path: str | os.PathLike, *, title: str =
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path, dpi)
