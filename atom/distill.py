@@ -227,21 +227,26 @@ class _Step:
     def _chunk(self, n: int) -> int:
         return n if (not self.cfg.real_chunk or self.cfg.net.get("norm") == "batchnorm") else self.cfg.real_chunk
 
-    def real_statistics(self, real: Tensor, real_labels: Tensor, draw) -> list[Tensor]:
-        """Class means of the real batch, reduced chunk by chunk: class means are sums over
-        images, so chunking changes nothing but keeps every activation small (on the CPU a
-        large fresh allocation costs more in page faults than the arithmetic on it, and a
-        chunk whose activations stay in cache runs about 2x faster than one that does not)."""
-        n = real.shape[0]
+    def _class_means(self, x: Tensor, labels: Tensor, sums_fn, draw=None) -> list[Tensor]:
+        """Class means of every loss term over ``x`` (labels on the CPU), reduced chunk by
+        chunk: class means are sums over images, so chunking changes nothing but keeps every
+        activation small (on the CPU a large fresh allocation costs more in page faults than
+        the arithmetic on it, and a chunk whose activations stay in cache runs about 2x faster
+        than one that does not). ``draw``: augment each chunk with it first."""
+        n, y_dev = x.shape[0], labels.to(self.device, non_blocking=True)
         chunk, sums = self._chunk(n), None
         for i in range(0, n, chunk):
-            x, y = real[i:i + chunk], real_labels[i:i + chunk]
+            xi = x[i:i + chunk]
             if draw is not None:
-                x = self.dsa.apply(x, draw, y)
-            part = self._real_sums(x, y.to(self.device, non_blocking=True))
-            sums = list(part) if sums is None else [a.add_(b) for a, b in zip(sums, part)]
-        counts = torch.bincount(real_labels, minlength=self.k).clamp(min=1).to(sums[0].device, sums[0].dtype)
+                xi = self.dsa.apply(xi, draw, labels[i:i + chunk])
+            part = sums_fn(xi, y_dev[i:i + chunk])
+            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+        counts = torch.bincount(labels, minlength=self.k).clamp(min=1).to(sums[0].device, sums[0].dtype)
         return [s / counts[:, None] for s in sums]
+
+    def real_statistics(self, real: Tensor, real_labels: Tensor, draw) -> list[Tensor]:
+        """Class means of the (augmented) real batch; call under ``torch.inference_mode``."""
+        return self._class_means(real, real_labels, self._real_sums, draw)
 
     def __call__(self, syn: Tensor, syn_labels: Tensor, g: torch.Generator) -> Tensor:
         """Draw net, real batch and augmentation from ``g``; return the loss (graph to ``syn``).
@@ -259,13 +264,7 @@ class _Step:
         # the synthetic branch in chunks too: the graph keeps the same activations, but each
         # is a small allocation the heap reuses (at IPC 50 one 500-image forward was slower
         # than the reference's per-class forwards: every 260 MB activation was page-faulted)
-        y, n = syn_labels.to(self.device, non_blocking=True), x.shape[0]
-        chunk, sums = self._chunk(n), None
-        for i in range(0, n, chunk):
-            part = self._syn_sums(x[i:i + chunk], y[i:i + chunk])
-            sums = part if sums is None else [a + b for a, b in zip(sums, part)]
-        counts = torch.bincount(syn_labels, minlength=self.k).clamp(min=1).to(self.device, sums[0].dtype)
-        return self.loss.compare(stats_real, [s / counts[:, None] for s in sums])
+        return self.loss.compare(stats_real, self._class_means(x, syn_labels, self._syn_sums))
 
 
 def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
