@@ -32,7 +32,6 @@ bad input is a ``ValueError`` naming the file and the problem.
 """
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import shutil
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .archive import check_member_name, is_archive, safe_copytree, safe_extract
+from .io import digest
 
 __all__ = ["ImageDataset", "load_digits", "DATASETS", "OPTIONS", "register", "download", "load",
            "decode_images", "IMAGE_EXTENSIONS", "TINYIMAGENET_URL", "TINYIMAGENET_MD5"]
@@ -386,12 +386,9 @@ def _stratified_split(labels: list[int], num_classes: int, fraction: float, seed
 
 
 def _check_md5(path: Path, expected: str, what: str) -> None:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected:
-        raise ValueError(f"{path}: md5 checksum mismatch for {what}: expected {expected}, got {h.hexdigest()} "
+    got = digest(path, "md5")
+    if got != expected:
+        raise ValueError(f"{path}: md5 checksum mismatch for {what}: expected {expected}, got {got} "
                          "(a truncated or different file; delete it or point options.source at a good copy)")
 
 

@@ -40,7 +40,8 @@ from .losses import LossConfig, MatchingLoss
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset"]
+__all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset",
+           "CheckpointMismatchError"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,10 @@ class DistillResult:
     def __iter__(self):  # `x, y = atom.distill(...)`
         yield self.images
         yield self.labels
+
+
+class CheckpointMismatchError(ValueError):
+    """``resume=True`` found a checkpoint made with other settings (the message names the key)."""
 
 
 # Keys that must agree between a checkpoint and the run resuming from it.
@@ -306,7 +311,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         saved = state["config"]
         for key in _RESUME_KEYS:
             if saved.get(key) != getattr(cfg, key):
-                raise ValueError(f"{ckpt}: checkpoint was made with {key}={saved.get(key)!r}, "
+                raise CheckpointMismatchError(f"{ckpt}: checkpoint was made with {key}={saved.get(key)!r}, "
                                  f"this run has {key}={getattr(cfg, key)!r}")
         with torch.no_grad():
             syn.copy_(state["images"].to(dev, dtype))

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "save_tensors", "load_tensors", "write_json", "write_text", "sha256"]
+__all__ = ["atomic_path", "save_tensors", "load_tensors", "write_json", "write_text", "sha256", "digest"]
 
 
 @contextmanager
@@ -64,9 +64,14 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     return write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
-def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (``algorithm``: any name ``hashlib.new`` knows)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256(path: str | os.PathLike) -> str:
+    return digest(path, "sha256")

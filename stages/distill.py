@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     st = common.Stage("distill", args)
     kwargs = common.distill_kwargs(st.params, st.dataset, st.method)
     from atom import viz
-    from atom.distill import distill
+    from atom.distill import CheckpointMismatchError, distill
     from atom.io import load_tensors, save_tensors, write_json, write_text
 
     prep = load_tensors(st.path("prepared"))
@@ -47,10 +47,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         res = attempt()
-    except ValueError as exc:
+    except CheckpointMismatchError as exc:
         # a checkpoint left by a run with other settings: start afresh rather than fail
-        if not (str(exc).startswith(f"{ckpt}:") and "checkpoint was made with" in str(exc)):
-            raise
         st.log.warning("%s; discarding the checkpoint", exc)
         ckpt.unlink()
         res = attempt()

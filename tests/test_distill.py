@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import atom
-from atom.distill import DistillConfig, _Step, random_subset
+from atom.distill import CheckpointMismatchError, DistillConfig, _Step, random_subset
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
 FAST = dict(iterations=4, batch_real=16, net=NET, progress=False, log_every=2)
@@ -60,7 +60,7 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(small, tmp_path):
     x, y = small
     ckpt = tmp_path / "c.pt"
     atom.distill(x, y, ipc=2, seed=1, checkpoint_path=ckpt, checkpoint_every=2, **FAST)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(CheckpointMismatchError, match="seed"):  # a ValueError naming the key
         atom.distill(x, y, ipc=2, seed=2, checkpoint_path=ckpt, resume=True, checkpoint_every=2, **FAST)
 
 
