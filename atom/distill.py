@@ -41,7 +41,7 @@ from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset",
-           "CheckpointMismatchError"]
+           "CheckpointMismatchError", "DistillStep"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ _RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum
                 "lr_gamma", "init", "seed", "net", "loss", "dsa", "dsa_params")
 
 
-class _Step:
+class DistillStep:
     """One distillation iteration on fixed data; kept separate so benchmarks can time it.
 
     Speed (none of it changes the result beyond float rounding; ``tests/test_fast_vs_reference``
@@ -320,7 +320,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         start, losses = int(state["iteration"]), list(map(float, state["losses"]))
         log.info("resumed from %s at iteration %d", ckpt, start)
 
-    step = _Step(cfg, images, labels, k, dev, dtype)
+    step = DistillStep(cfg, images, labels, k, dev, dtype)
     pending: list[Tensor] = []
     milestones = sorted(int(round(m * cfg.iterations)) for m in cfg.lr_milestones)
 

@@ -7,7 +7,7 @@ iteration identically), it times one full iteration (loss + backward to the synt
 
 - ``reference``: :class:`benchmarks.reference.ReferenceStep` (DataDAM's structure: a loop
   over classes, one DSA call per class and branch, forward hooks, host ``.item()`` per term);
-- ``project``: :class:`atom.distill._Step` with its defaults (eager);
+- ``project``: :class:`atom.distill.DistillStep` with its defaults (eager);
 - ``project+compile``: the same with ``compile=True`` (warm-up timed separately);
 - ``project+bf16``: bf16 autocast, CUDA only (skipped on the CPU).
 
@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atom.distill import DistillConfig, _Step  # noqa: E402
+from atom.distill import DistillConfig, DistillStep  # noqa: E402
 from atom.networks import ConvNet  # noqa: E402
 from atom.runtime import configure  # noqa: E402
 from benchmarks.reference import ReferenceStep  # noqa: E402
@@ -99,9 +99,9 @@ def bench_shape(name: str, a, dev: torch.device) -> dict:
     syn_labels = torch.arange(k).repeat_interleave(ipc)
     net = dict(width=width, depth=depth, act="relu", norm="instancenorm", pool="avg")
     cfg = DistillConfig(ipc=ipc, method=a.method, batch_real=b, net=net)
-    variants = {"reference": ReferenceStep(cfg, images, labels, k, dev), "project": _Step(cfg, images, labels, k, dev, torch.float32)}
+    variants = {"reference": ReferenceStep(cfg, images, labels, k, dev), "project": DistillStep(cfg, images, labels, k, dev, torch.float32)}
     if dev.type == "cuda":
-        variants["project+bf16"] = _Step(DistillConfig(ipc=ipc, method=a.method, batch_real=b, net=net, bf16=True),
+        variants["project+bf16"] = DistillStep(DistillConfig(ipc=ipc, method=a.method, batch_real=b, net=net, bf16=True),
                                          images, labels, k, dev, torch.float32)
     syn = {v: syn0.to(dev).clone().requires_grad_(True) for v in variants}
     times = {v: [] for v in variants}
@@ -118,7 +118,7 @@ def bench_shape(name: str, a, dev: torch.device) -> dict:
     out = {"times": times, "losses": losses, "rss": rss}
     ref_loss = losses["reference"]
     if a.compile and name in a.compile_shapes:
-        st = _Step(DistillConfig(ipc=ipc, method=a.method, batch_real=b, net=net, compile=True),
+        st = DistillStep(DistillConfig(ipc=ipc, method=a.method, batch_real=b, net=net, compile=True),
                    images, labels, k, dev, torch.float32)
         s = syn0.to(dev).clone().requires_grad_(True)
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Reference distillation iteration, structured like the parent DataDAM code.
 
-This is the yardstick the project's fast iteration (:class:`atom.distill._Step`) is measured
+This is the yardstick the project's fast iteration (:class:`atom.distill.DistillStep`) is measured
 and checked against. It deliberately keeps the parent code's shape:
 
 - one augmentation call per class and branch (real, then synthetic, same draw: Siamese);
@@ -11,7 +11,7 @@ and checked against. It deliberately keeps the parent code's shape:
 - every per-layer loss term is read back to the host with ``.item()`` (the parent logs a
   running loss that way), which on an accelerator stalls the stream once per term.
 
-It consumes the caller's generator exactly as ``_Step`` does (network weights, then the real
+It consumes the caller's generator exactly as ``DistillStep`` does (network weights, then the real
 batch of every class, then one :class:`atom.augment.Draw` with a slot per class), so with the
 same generator state both see the same network, the same real images and the same
 augmentation, and their losses and gradients on the synthetic pixels agree to rounding.
@@ -86,7 +86,7 @@ class ReferenceStep:
         cfg, lc = self.cfg, self.lc
         init_weights(self.net, g)
         b = cfg.batch_real
-        # same RNG order as _Step: every class's real batch, then one draw with a slot per class
+        # same RNG order as DistillStep: every class's real batch, then one draw with a slot per class
         real_idx = [ci[torch.randperm(len(ci), generator=g)[:b]] for ci in self.class_idx]
         draw = self.dsa.sample(self.k, g) if self.dsa else None
         loss = torch.zeros((), device=self.device, dtype=syn.dtype)

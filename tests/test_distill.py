@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import atom
-from atom.distill import CheckpointMismatchError, DistillConfig, _Step, random_subset
+from atom.distill import CheckpointMismatchError, DistillConfig, DistillStep, random_subset
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
 FAST = dict(iterations=4, batch_real=16, net=NET, progress=False, log_every=2)
@@ -18,7 +18,7 @@ def small(digits):
 def test_gradients_reach_synthetic_pixels_and_never_the_network(small, method):
     x, y = small
     cfg = DistillConfig(ipc=2, method=method, batch_real=16, net=NET)
-    step = _Step(cfg, x, y, 10, torch.device("cpu"), torch.float32)
+    step = DistillStep(cfg, x, y, 10, torch.device("cpu"), torch.float32)
     syn = x[random_subset(y, 2, torch.Generator().manual_seed(0), 10)].clone().requires_grad_(True)
     loss = step(syn, torch.arange(10).repeat_interleave(2), torch.Generator().manual_seed(0))
     loss.backward()

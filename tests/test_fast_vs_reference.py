@@ -8,7 +8,7 @@ comparison would test rounding, not the code. Losses are also compared in float3
 import pytest
 import torch
 
-from atom.distill import DistillConfig, _Step
+from atom.distill import DistillConfig, DistillStep
 from benchmarks.reference import ReferenceStep
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
@@ -42,7 +42,7 @@ def test_fast_iteration_matches_reference(method, extra, dtype):
     x, y, syn, syn_labels = _data(dtype)
     # real_chunk 7 does not divide the 4 x 10 real images: chunks straddle classes
     cfg = DistillConfig(ipc=IPC, method=method, batch_real=10, real_chunk=7, net=NET, **extra)
-    fast = _Step(cfg, x, y, K, torch.device("cpu"), dtype)
+    fast = DistillStep(cfg, x, y, K, torch.device("cpu"), dtype)
     ref = ReferenceStep(cfg, x, y, K, torch.device("cpu"), dtype)
     for seed in (0, 1):  # two iterations: different networks, batches and draws
         lf, gf = _loss_and_grad(fast, syn, syn_labels, seed)
@@ -61,7 +61,7 @@ def test_fast_iteration_matches_reference(method, extra, dtype):
 def test_compiled_iteration_matches_reference():
     x, y, syn, syn_labels = _data(torch.float64)
     cfg = DistillConfig(ipc=IPC, method="atom", batch_real=10, real_chunk=8, net=NET, compile=True)
-    fast = _Step(cfg, x, y, K, torch.device("cpu"), torch.float64)
+    fast = DistillStep(cfg, x, y, K, torch.device("cpu"), torch.float64)
     ref = ReferenceStep(cfg, x, y, K, torch.device("cpu"), torch.float64)
     lf, gf = _loss_and_grad(fast, syn, syn_labels, 0)
     lr, gr = _loss_and_grad(ref, syn, syn_labels, 0)
