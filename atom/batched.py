@@ -1,7 +1,7 @@
 """Batched multi-seed evaluation: train the networks of several seeds together as one model.
 
 :func:`evaluate_batched` gives the same per-seed results as running
-:func:`atom.evaluate.train_evaluate` once per seed (to float rounding), but trains all seeds'
+:func:`atom.training.train_evaluate` once per seed (to float rounding), but trains all seeds'
 networks in one batched forward/backward per step, which keeps an accelerator busy where one
 seed's small batches (|S| = 10..500 images) leave it mostly idle.
 
@@ -48,7 +48,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from .augment import DSA, Draw
-from .evaluate import EvalConfig, check_train_test, summarize, train_evaluate
+from .training import EvalConfig, check_train_test, summarize, train_evaluate
 from .networks import build_network
 
 __all__ = ["BatchedNets", "train_batched", "evaluate_batched", "supports_batching", "MODES"]
@@ -128,7 +128,7 @@ def train_batched(train_x: Tensor, train_y: Tensor, *, seeds: list[int], num_cla
                   progress: bool = False, mode: str = "auto") -> BatchedNets:
     """Train one network per seed on (train_x, train_y), all together; return them.
 
-    Consumes each seed's generator exactly like :func:`atom.evaluate.train_evaluate`.
+    Consumes each seed's generator exactly like :func:`atom.training.train_evaluate`.
     ``epochs`` (default ``config.epochs``) stops early for tests; the learning-rate schedule
     is still ``config``'s. ``mode`` is one of :data:`MODES`.
     """

@@ -1,13 +1,12 @@
-"""Evaluation: train a fresh network on a (synthetic) set, report test accuracy (spec section 6).
+"""Evaluation: train fresh networks on a (synthetic) set, report test accuracy (spec section 6).
 
-Protocol: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256 (or the set size if
-smaller), per-image DSA on every batch, cross-entropy on the hard labels, ``epochs`` epochs,
-and the learning rate multiplied by 0.1 once at half the epochs (``scheduler="halfway"``, the
-parent code's schedule) or StepLR (``scheduler="step"``). The score is the test accuracy after
-the final epoch: no checkpoint, epoch or learning rate is ever picked by test accuracy.
+The protocol of one training run (SGD, per-image DSA, the learning-rate schedule, the final
+epoch's test accuracy as the score) is :func:`atom.training.train_evaluate`; this module
+repeats it over seeds and builds the baselines' training sets.
 
-``evaluate`` repeats this over several seeds (each seed fixes the network initialisation, the
-data order and the augmentation draws) and returns every per-seed value with mean and std.
+``evaluate`` runs it once per seed (each seed fixes the network initialisation, the
+data order and the augmentation draws), or all seeds together (``batched=True``,
+:mod:`atom.batched`), and returns every per-seed value with mean and std.
 
 Example::
 
@@ -17,136 +16,19 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
-import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .augment import DSA, DSAParams
-from .distill import check_dataset, random_subset, resolve_device
-from .networks import ARCHITECTURES, build_network
-from .runtime import tune_allocator
+from .batched import evaluate_batched
+from .distill import check_dataset, random_subset
+# the per-seed protocol lives in atom.training; re-exported here, where it was first defined
+from .training import EvalConfig, accuracy, summarize, train_evaluate
 
 __all__ = ["train_evaluate", "evaluate", "baseline_set", "accuracy", "summarize", "EvalConfig"]
 
 log = logging.getLogger(__name__)
-
-SCHEDULERS = ("halfway", "step", "none")
-
-
-class EvalConfig:
-    """The training protocol; defaults are the spec's (section 6)."""
-
-    def __init__(self, epochs: int = 1000, lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, batch_size: int = 256, scheduler: str = "halfway",
-                 step_size: int = 15, step_gamma: float = 0.5, dsa: bool = True,
-                 dsa_params: dict | None = None, net: dict | None = None, eval_batch_size: int = 1024,
-                 arch: str = "convnet"):
-        for name, v in (("epochs", epochs), ("batch_size", batch_size), ("step_size", step_size),
-                        ("eval_batch_size", eval_batch_size)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name, v in (("lr", lr), ("step_gamma", step_gamma)):
-            if not v > 0:
-                raise ValueError(f"{name}: must be > 0, got {v!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum: must lie in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler: must be one of {SCHEDULERS}, got {scheduler!r}")
-        self.epochs, self.lr, self.momentum, self.weight_decay = epochs, lr, momentum, weight_decay
-        self.batch_size, self.scheduler, self.step_size, self.step_gamma = batch_size, scheduler, step_size, step_gamma
-        self.dsa, self.dsa_params = dsa, DSAParams(**(dsa_params or {}))
-        self.net = dict(net or dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg"))
-        self.eval_batch_size = eval_batch_size
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"arch: unknown architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
-        self.arch = arch  # cross-architecture evaluation: the same set on AlexNet/VGG-11/ResNet-18
-
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate used during ``epoch`` (0-based)."""
-        if self.scheduler == "halfway":
-            return self.lr * (0.1 if epoch >= self.epochs // 2 else 1.0)
-        if self.scheduler == "step":
-            return self.lr * self.step_gamma ** (epoch // self.step_size)
-        return self.lr
-
-
-def check_train_test(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
-                     num_classes: int | None, device: str | torch.device) -> tuple[int, torch.device]:
-    """Validate a train/test pair and resolve the device: (number of classes, device)."""
-    k = check_dataset(train_x, train_y, num_classes)
-    check_dataset(test_x, test_y, k, name="test images")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"test images: shape {tuple(test_x.shape[1:])} differs from train {tuple(train_x.shape[1:])}")
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_allocator()
-    return k, dev
-
-
-@torch.no_grad()
-def accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent."""
-    was_training = net.training
-    net.eval()
-    dev = next(net.parameters()).device
-    correct = 0
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(dev)
-        correct += int((net(x).argmax(1) == labels[i:i + batch_size].to(dev)).sum())
-    net.train(was_training)
-    return 100.0 * correct / images.shape[0]
-
-
-def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
-                   num_classes: int | None = None, seed: int = 0, device: str | torch.device = "auto",
-                   config: EvalConfig | None = None, progress: bool = False, **kwargs) -> dict:
-    """Train one fresh network on (train_x, train_y) and return its final test accuracy.
-
-    Returns ``{"accuracy", "train_accuracy", "seconds", "seed"}``.
-    """
-    cfg = config or EvalConfig(**kwargs)
-    k, dev = check_train_test(train_x, train_y, test_x, test_y, num_classes, device)
-    g = torch.Generator().manual_seed(seed)
-    net = build_network(train_x.shape[1], k, train_x.shape[2], arch=cfg.arch, generator=g, **cfg.net).to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dsa = DSA(cfg.dsa_params) if cfg.dsa else None
-    x_all, y_all = train_x.to(dev), train_y.to(dev)
-    n, bs = x_all.shape[0], min(cfg.batch_size, x_all.shape[0])
-    t0 = time.perf_counter()
-    net.train()
-    for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"evaluate seed {seed}", leave=False):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs].to(dev)
-            x, y = x_all[idx], y_all[idx]
-            if dsa is not None:
-                x = dsa(x, g)  # per-image parameters, one family per batch
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    seconds = time.perf_counter() - t0
-    acc = accuracy(net, test_x, test_y, cfg.eval_batch_size)
-    if not math.isfinite(acc):
-        raise FloatingPointError("accuracy is not finite")
-    return {"accuracy": acc, "train_accuracy": accuracy(net, train_x, train_y, cfg.eval_batch_size),
-            "seconds": seconds, "seed": seed}
-
-
-def summarize(values: list[float]) -> dict:
-    """Mean and population std (as the parent code's ``np.std``) of per-seed accuracies."""
-    mean = statistics.fmean(values)
-    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
@@ -159,7 +41,6 @@ def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *
         raise ValueError("seeds: need at least one seed")
     cfg = kwargs.pop("config", None) or EvalConfig(**kwargs)
     if batched:
-        from .batched import evaluate_batched
         return evaluate_batched(train_x, train_y, test_x, test_y, seeds=seeds, num_classes=num_classes,
                                 device=device, progress=progress, config=cfg)
     runs = []
