@@ -27,24 +27,25 @@ Registered datasets (options and defaults in :data:`OPTIONS`):
   ``auto`` (grayscale only when every image is grayscale). ``download`` copies or safely
   extracts the source into ``raw_dir/images`` (atomically; see :mod:`atom.archive`).
 
-Decoding runs in a pool of ``workers`` processes (fork) when there are many images. Every
+Image decoding, folder scanning and the stratified split live in :mod:`atom.imaging`. Every
 bad input is a ``ValueError`` naming the file and the problem.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .archive import check_member_name, is_archive, safe_copytree, safe_extract
+from .imaging import (IMAGE_EXTENSIONS, MODES, channels, decode_images, decode_raw, imagefolder_layout,
+                      list_images, scan_split, stratified_split, to_float)
 from .io import digest
 
 __all__ = ["ImageDataset", "load_digits", "DATASETS", "OPTIONS", "register", "download", "load",
@@ -84,15 +85,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     bunch = _sk_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
     y = torch.tensor(bunch.target, dtype=torch.long)
-    g = torch.Generator().manual_seed(seed)
-    test_idx, train_idx = [], []
-    for k in range(10):  # stratified: the same fraction of every class goes to test
-        idx = (y == k).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = int(round(len(idx) * test_fraction))
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-    train_idx, test_idx = torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+    train_idx, test_idx = stratified_split(y, 10, test_fraction, seed)
     return ImageDataset("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx],
                         [str(k) for k in range(10)])
 
@@ -166,223 +159,6 @@ def _digits_load(raw_dir: Path, **_ignored) -> ImageDataset:
 register("digits", DatasetSpec(_digits_download, _digits_load,
                                "scikit-learn's bundled UCI digits, 1,797 8x8 grayscale images",
                                {"test_fraction": 0.2, "seed": 0}))
-
-
-# ---------------------------------------------------------------------------------------------
-# Image decoding (shared by tinyimagenet and imagefolder)
-# ---------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                    ".ppm", ".pgm", ".pbm", ".pnm")
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_MODES = ("rgb", "grayscale", "auto")
-_CHUNK = 512  # images per worker task: large enough to amortise pickling, small enough to balance
-
-
-def _to_gray(im):
-    from PIL import Image
-
-    if im.mode.startswith("I"):
-        # 16-bit grayscale (PNG/TIFF): Pillow's convert("L") clips above 255; scale instead.
-        a = np.asarray(im, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "L")
-    return im.convert("L")
-
-
-def _decode_chunk(task: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Decode ``paths`` to an (n, H, W, 3) uint8 array (grayscale replicated) plus a
-    per-image "was grayscale" flag. Runs in worker processes: no torch here."""
-    from PIL import Image
-
-    paths, (h, w), resize, mode, first = task
-    out = np.empty((len(paths), h, w, 3), np.uint8)
-    gray = np.zeros(len(paths), bool)
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                im.load()
-                is_gray = im.mode in _GRAY_MODES
-                if mode == "grayscale" or (mode == "auto" and is_gray):
-                    im2 = _to_gray(im)
-                else:
-                    im2 = im.convert("RGB")
-        except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError...
-            raise ValueError(f"{p}: cannot decode image ({type(exc).__name__}: {exc})") from None
-        if im2.size != (w, h):
-            if resize is None:
-                raise ValueError(f"{p}: image is {im2.size[1]}x{im2.size[0]} (HxW) but {first} is {h}x{w}; "
-                                 "sizes differ and resizing is off (set options.resize to [H, W])")
-            im2 = im2.resize((w, h), Image.Resampling.BILINEAR)
-        a = np.asarray(im2)
-        out[i] = a[..., None] if a.ndim == 2 else a
-        gray[i] = im2.mode == "L"
-    return out, gray
-
-
-def _pool_context():
-    # fork starts workers instantly (spawn would re-import torch in each); the workers only
-    # use Pillow and numpy, so forking a process that has torch threads is safe here.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _decode_raw(paths: list[str], mode: str, size: tuple[int, int] | None, resize: bool,
-                workers: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    if mode not in _MODES:
-        raise ValueError(f"mode: must be one of {list(_MODES)}, got {mode!r}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
-    if not paths:
-        raise ValueError("decode_images: no image files given")
-    if size is None:
-        try:
-            with Image.open(paths[0]) as im:
-                size = (im.size[1], im.size[0])
-        except Exception as exc:
-            raise ValueError(f"{paths[0]}: cannot decode image ({type(exc).__name__}: {exc})") from None
-    h, w = size
-    starts = range(0, len(paths), _CHUNK)
-    tasks = [(paths[i:i + _CHUNK], (h, w), resize or None, mode, paths[0]) for i in starts]
-    raw = np.empty((len(paths), h, w, 3), np.uint8)
-    gray = np.empty(len(paths), bool)
-    if workers > 1 and len(tasks) > 1:
-        with _pool_context().Pool(min(workers, len(tasks))) as pool:
-            for i, (arr, g) in zip(starts, pool.imap(_decode_chunk, tasks)):
-                raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
-    else:
-        for i, task in zip(starts, tasks):
-            arr, g = _decode_chunk(task)
-            raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
-    return raw, gray
-
-
-def _channels(mode: str, gray: np.ndarray) -> int:
-    return 1 if mode == "grayscale" or (mode == "auto" and bool(gray.all())) else 3
-
-
-def decode_images(paths: Sequence[str | os.PathLike], *, mode: str = "rgb",
-                  size: tuple[int, int] | None = None, resize: bool = False,
-                  workers: int = 2) -> Tensor:
-    """Decode image files into one float (N, C, H, W) tensor in [0, 1].
-
-    ``size`` (H, W): the required size; ``None`` takes the first image's. Images of another
-    size are resized (bilinear, antialiased) when ``resize`` is true, otherwise rejected.
-    ``mode``: ``"rgb"`` (C=3), ``"grayscale"`` (C=1, luma), ``"auto"`` (C=1 when every image
-    is stored as grayscale, else C=3 with grayscale images replicated). ``workers`` > 1
-    decodes in that many processes.
-    """
-    raw, gray = _decode_raw([str(p) for p in paths], mode, size, resize, workers)
-    return _to_float(raw, _channels(mode, gray))
-
-
-def _to_float(raw: np.ndarray, channels: int, chunk: int = 4096) -> Tensor:
-    """(N, H, W, 3) uint8 -> contiguous (N, C, H, W) float32 / 255, chunk by chunk so that no
-    second full-size float copy exists (a permuted ``.float()`` would also be non-contiguous)."""
-    n, h, w, _ = raw.shape
-    out = torch.empty((n, channels, h, w), dtype=torch.float32)
-    src = torch.from_numpy(raw)
-    for i in range(0, n, chunk):
-        out[i:i + chunk].copy_(src[i:i + chunk, :, :, :channels].permute(0, 3, 1, 2)).div_(255.0)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Folder layout
-# ---------------------------------------------------------------------------------------------
-
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".") and p.name != "__MACOSX"
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
-
-
-def _list_images(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if _visible(Path(d))]
-        found += [os.path.join(dirpath, f) for f in filenames
-                  if _visible(Path(f)) and f.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found)
-
-
-def _scan_split(split_dir: Path, classes: list[str] | None = None, image_subdir: str | None = None
-                ) -> tuple[list[str], list[int], list[str]]:
-    """Image paths and labels under ``split_dir/<class>/`` (recursively); classes default to
-    the sorted sub-folder names. A missing or empty class folder is an error naming it."""
-    if classes is None:
-        classes = [p.name for p in _subdirs(split_dir)]
-        if not classes:
-            raise ValueError(f"{split_dir}: no class folders (expected {split_dir}/<class>/<image files>)")
-    paths: list[str] = []
-    labels: list[int] = []
-    for k, c in enumerate(classes):
-        d = split_dir / c if image_subdir is None else split_dir / c / image_subdir
-        if not d.is_dir():
-            raise ValueError(f"{d}: class {c!r} has no folder here")
-        imgs = _list_images(d)
-        if not imgs:
-            raise ValueError(f"{d}: class {c!r} has no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        paths += imgs
-        labels += [k] * len(imgs)
-    return paths, labels, classes
-
-
-def _find_root(folder: Path) -> Path:
-    # Archives often wrap everything in one top folder ("mydata/train/..."): descend through
-    # single folders that hold only folders until a train/ folder or the class folders appear.
-    root = folder
-    while not (root / "train").is_dir():
-        entries = [p for p in root.iterdir() if _visible(p)]
-        if len(entries) == 1 and entries[0].is_dir() and _subdirs(entries[0]) \
-                and not _list_images_shallow(entries[0]):
-            root = entries[0]
-        else:
-            break
-    return root
-
-
-def _list_images_shallow(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)]
-
-
-def _imagefolder_layout(folder: Path) -> dict:
-    """Find the splits of an ImageFolder tree: {"train": (paths, labels), "test": ... or None,
-    "classes": [...]}; checks class folders and that none is empty (no decoding)."""
-    root = _find_root(folder)
-    train_dir = root / "train" if (root / "train").is_dir() else root
-    test_dir = None
-    if train_dir != root:
-        test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
-    paths, labels, classes = _scan_split(train_dir)
-    out = {"root": root, "classes": classes, "train": (paths, labels), "test": None}
-    if test_dir is not None:
-        extra = sorted({p.name for p in _subdirs(test_dir)} - set(classes))
-        if extra:
-            raise ValueError(f"{test_dir}: class folder(s) {extra} have no counterpart in {train_dir}")
-        tp, tl, _ = _scan_split(test_dir, classes)
-        out["test"] = (tp, tl)
-    return out
-
-
-def _stratified_split(labels: list[int], num_classes: int, fraction: float, seed: int,
-                      classes: list[str], where: Path) -> tuple[Tensor, Tensor]:
-    y = torch.tensor(labels)
-    g = torch.Generator().manual_seed(seed)
-    train_idx, test_idx = [], []
-    for k in range(num_classes):
-        idx = (y == k).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = int(round(len(idx) * fraction))
-        if n_test < 1 or n_test >= len(idx):
-            raise ValueError(f"{where}: class {classes[k]!r} has {len(idx)} image(s), too few to split with "
-                             f"test_fraction={fraction} (each side needs at least one)")
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-    return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
 
 
 def _check_md5(path: Path, expected: str, what: str) -> None:
@@ -459,7 +235,7 @@ def _cifar_load(raw_dir: Path, *, name: str, source: str | None = None) -> Image
     parts = {}
     for split in ("train", "test"):
         ds = cls(str(raw_dir), train=split == "train", download=False)
-        parts[split] = (_to_float(np.ascontiguousarray(ds.data), 3), torch.tensor(ds.targets, dtype=torch.long))
+        parts[split] = (to_float(np.ascontiguousarray(ds.data), 3), torch.tensor(ds.targets, dtype=torch.long))
         classes = list(ds.classes)
     return ImageDataset(name, *parts["train"], *parts["test"], classes)
 
@@ -518,7 +294,7 @@ def _tiny_regroup(root: Path) -> None:
             raise ValueError(f"{ann}: line {n}: {src} not found")
         (val / wnid).mkdir(exist_ok=True)
         os.replace(src, val / wnid / fname)
-    left = _list_images(val / "images") if (val / "images").is_dir() else []
+    left = list_images(val / "images") if (val / "images").is_dir() else []
     if left:
         raise ValueError(f"{val / 'images'}: {len(left)} image(s) have no line in {ann}, e.g. {left[0]}")
     if (val / "images").is_dir():
@@ -551,8 +327,8 @@ def _tiny_load(raw_dir: Path, *, source: str | None = None, workers: int = 2) ->
         raise ValueError(f"{root / 'val' / 'images'}: validation images are not grouped by class; "
                          "delete the folder and run download again")
     wnids = _read_wnids(root)
-    tr_paths, tr_labels, _ = _scan_split(root / "train", wnids, image_subdir="images")
-    te_paths, te_labels, _ = _scan_split(root / "val", wnids)
+    tr_paths, tr_labels, _ = scan_split(root / "train", wnids, image_subdir="images")
+    te_paths, te_labels, _ = scan_split(root / "val", wnids)
     opts = dict(mode="rgb", size=(64, 64), resize=False, workers=workers)
     return ImageDataset("tinyimagenet", decode_images(tr_paths, **opts), torch.tensor(tr_labels),
                         decode_images(te_paths, **opts), torch.tensor(te_labels), wnids)
@@ -582,7 +358,7 @@ def _imagefolder_download(raw_dir: Path, *, source: str | None = None, sha256: s
     dest = raw_dir / "images"
 
     def validate(folder: Path) -> None:  # runs before the final rename: a bad tree never lands
-        _imagefolder_layout(folder)
+        imagefolder_layout(folder)
 
     if src.is_dir():
         if sha256 is not None:
@@ -591,9 +367,7 @@ def _imagefolder_download(raw_dir: Path, *, source: str | None = None, sha256: s
     if not is_archive(src):
         raise ValueError(f"{src}: options.source must be a folder or a .tar.gz/.tar.xz/.zip archive")
     if sha256 is not None:
-        from .io import sha256 as _sha256
-
-        got = _sha256(src)
+        got = digest(src, "sha256")
         if got != str(sha256).lower():
             raise ValueError(f"{src}: sha256 checksum mismatch: expected {sha256}, got {got}")
     return safe_extract(src, dest, prepare=validate)
@@ -613,19 +387,20 @@ def _parse_resize(resize) -> tuple[int, int] | None:
 def _imagefolder_load(raw_dir: Path, *, mode: str = "auto", resize=None, test_fraction: float = 0.2,
                       seed: int = 0, workers: int = 2, source: str | None = None,
                       sha256: str | None = None) -> ImageDataset:
-    if mode not in _MODES:
-        raise ValueError(f"options.mode: must be one of {list(_MODES)}, got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"options.mode: must be one of {list(MODES)}, got {mode!r}")
     size = _parse_resize(resize)
     if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"options.test_fraction: must lie in (0, 1), got {test_fraction!r}")
     folder = raw_dir / "images"
     if not folder.is_dir():
         raise ValueError(f"{folder}: not found; run download for 'imagefolder' first")
-    lay = _imagefolder_layout(folder)
+    lay = imagefolder_layout(folder)
     classes = lay["classes"]
     paths, labels = lay["train"]
     if lay["test"] is None:  # one tree: a seeded, stratified split
-        tr, te = _stratified_split(labels, len(classes), float(test_fraction), int(seed), classes, lay["root"])
+        tr, te = stratified_split(labels, len(classes), float(test_fraction), int(seed), classes=classes,
+                                  where=lay["root"])
         tr_paths, tr_labels = [paths[i] for i in tr], [labels[i] for i in tr]
         te_paths, te_labels = [paths[i] for i in te], [labels[i] for i in te]
     else:
@@ -633,10 +408,10 @@ def _imagefolder_load(raw_dir: Path, *, mode: str = "auto", resize=None, test_fr
         te_paths, te_labels = lay["test"]
     # One decode over train + test so both share the size and (in auto mode) the channel count;
     # converted separately so that neither tensor is a view holding the other's storage.
-    raw, gray = _decode_raw(tr_paths + te_paths, mode, size, size is not None, workers)
-    c, n = _channels(mode, gray), len(tr_paths)
-    train_x = _to_float(raw[:n], c)
-    test_x = _to_float(raw[n:], c)
+    raw, gray = decode_raw(tr_paths + te_paths, mode, size, size is not None, workers)
+    c, n = channels(mode, gray), len(tr_paths)
+    train_x = to_float(raw[:n], c)
+    test_x = to_float(raw[n:], c)
     del raw
     return ImageDataset("imagefolder", train_x, torch.tensor(tr_labels, dtype=torch.long),
                         test_x, torch.tensor(te_labels, dtype=torch.long), classes)
