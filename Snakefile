@@ -7,7 +7,9 @@
 # Wiring only: every command is `python -m stages.<name>`, the same as in dvc.yaml (a test
 # checks that both describe the same stages, commands, inputs and outputs). Every value comes
 # from params.yaml; each rule's `params:` holds the sections its stage reads, so editing one
-# reruns exactly the rules that depend on it. Library code is an input of every rule.
+# reruns exactly the rules that depend on it. Each rule's code inputs are the atom/ and stages/
+# files its stage imports, transitively (stages.layout.code_deps; dvc.yaml lists the same), and
+# its log and benchmark files come from stages.layout, like the stages' own log paths.
 import shlex
 import shutil
 import sys
@@ -17,11 +19,12 @@ import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
-from stages import common  # noqa: E402
+from stages import layout  # noqa: E402
+from stages.params import check_params, stage_params  # noqa: E402
 
 configfile: "params.yaml"
 validate(config, "schemas/params.schema.yaml", set_default=False)
-common.check_params(config)
+check_params(config)
 # The stages read params.yaml themselves: refuse --config/--configfile overrides they would miss.
 if config != yaml.safe_load(Path("params.yaml").read_text()):
     raise ValueError("params: command-line overrides (--config/--configfile) are not supported; edit "
@@ -30,27 +33,24 @@ if config != yaml.safe_load(Path("params.yaml").read_text()):
 PY = shlex.quote(sys.executable)
 EXP = config["experiment"]
 RT = config["runtime"]
-LOGS = config["paths"]["logs"]
-P = {key: common.pattern(config, key) for key in common.PATTERNS}
-LIB = sorted(str(p) for p in Path("atom").glob("*.py"))
-DATA_LIB = ["atom/data.py", "atom/archive.py", "atom/io.py"]
-COMMON = "stages/common.py"
+P = {key: layout.pattern(config, key) for key in layout.PATTERNS}
+CODE = {stage: layout.code_deps(stage) for stage in layout.STAGES}
 # a GPU slot per job when the jobs will use CUDA (limit with --resources gpu=N)
 GPU = 0 if RT["device"] == "cpu" else int(RT["device"].startswith("cuda") or shutil.which("nvidia-smi") is not None)
 
 wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
-    method="atom|datadam|dm",
+    method="|".join(layout.METHODS),
     ipc="[0-9]+",
 
 
 def evaluations(dataset):
-    return [str(common.eval_path(config, dataset, kind, ipc)) for kind, ipc in common.evaluations(config, dataset)]
+    return [str(layout.eval_path(config, dataset, kind, ipc)) for kind, ipc in layout.evaluations(config, dataset)]
 
 
 def distillations(dataset):
-    return [str(common.path(config, "distill_metrics", dataset=d, method=m, ipc=k))
-            for d, m, k in common.experiments(config) if d == dataset]
+    return [str(layout.path(config, "distill_metrics", dataset=d, method=m, ipc=k))
+            for d, m, k in layout.experiments(config) if d == dataset]
 
 
 rule all:
@@ -65,18 +65,16 @@ rule all:
 
 rule download:
     input:
-        DATA_LIB,
-        "stages/download.py",
-        COMMON,
+        CODE["download"],
     output:
         directory(P["raw"]),
         P["download_metrics"],
     params:
-        section=lambda w: common.stage_params(config, "download", w.dataset),
+        section=lambda w: stage_params(config, "download", w.dataset),
     log:
-        f"{LOGS}/download/{{dataset}}.log",
+        str(layout.log_path(config, "download", "{dataset}")),
     benchmark:
-        f"{LOGS}/benchmarks/download/{{dataset}}.tsv"
+        str(layout.benchmark_path(config, "download", "{dataset}"))
     threads: RT["threads"]
     shell:
         f"{PY} -m stages.download --dataset {{wildcards.dataset}}"
@@ -85,20 +83,17 @@ rule download:
 rule zca:
     input:
         P["raw"],
-        DATA_LIB,
-        "atom/preprocess.py",
-        "stages/zca.py",
-        COMMON,
+        CODE["zca"],
     output:
         P["prepared"],
         P["state"],
         P["zca_metrics"],
     params:
-        section=lambda w: common.stage_params(config, "zca", w.dataset),
+        section=lambda w: stage_params(config, "zca", w.dataset),
     log:
-        f"{LOGS}/zca/{{dataset}}.log",
+        str(layout.log_path(config, "zca", "{dataset}")),
     benchmark:
-        f"{LOGS}/benchmarks/zca/{{dataset}}.tsv"
+        str(layout.benchmark_path(config, "zca", "{dataset}"))
     threads: RT["threads"]
     shell:
         f"{PY} -m stages.zca --dataset {{wildcards.dataset}}"
@@ -107,20 +102,18 @@ rule zca:
 rule distill:
     input:
         P["prepared"],
-        LIB,
-        "stages/distill.py",
-        COMMON,
+        CODE["distill"],
     output:
         P["synthetic"],
         P["checkpoint"],
         P["loss_csv"],
         P["distill_metrics"],
     params:
-        section=lambda w: common.stage_params(config, "distill", w.dataset),
+        section=lambda w: stage_params(config, "distill", w.dataset),
     log:
-        f"{LOGS}/distill/{{dataset}}-{{method}}-ipc{{ipc}}.log",
+        str(layout.log_path(config, "distill", "{dataset}", "{method}", "{ipc}")),
     benchmark:
-        f"{LOGS}/benchmarks/distill/{{dataset}}-{{method}}-ipc{{ipc}}.tsv"
+        str(layout.benchmark_path(config, "distill", "{dataset}", "{method}", "{ipc}"))
     threads: RT["threads"]
     resources:
         gpu=GPU,
@@ -132,17 +125,15 @@ rule evaluate:
     input:
         P["synthetic"],
         P["prepared"],
-        LIB,
-        "stages/evaluate.py",
-        COMMON,
+        CODE["evaluate"],
     output:
         P["eval_metrics"],
     params:
-        section=lambda w: common.stage_params(config, "evaluate", w.dataset),
+        section=lambda w: stage_params(config, "evaluate", w.dataset),
     log:
-        f"{LOGS}/evaluate/{{dataset}}-{{method}}-ipc{{ipc}}.log",
+        str(layout.log_path(config, "evaluate", "{dataset}", "{method}", "{ipc}")),
     benchmark:
-        f"{LOGS}/benchmarks/evaluate/{{dataset}}-{{method}}-ipc{{ipc}}.tsv"
+        str(layout.benchmark_path(config, "evaluate", "{dataset}", "{method}", "{ipc}"))
     threads: RT["threads"]
     resources:
         gpu=GPU,
@@ -153,17 +144,15 @@ rule evaluate:
 rule evaluate_random:
     input:
         P["prepared"],
-        LIB,
-        "stages/evaluate.py",
-        COMMON,
+        CODE["evaluate_random"],
     output:
-        common.pattern(config, "eval_metrics").replace("{method}", "random"),
+        layout.pattern(config, "eval_metrics").replace("{method}", "random"),
     params:
-        section=lambda w: common.stage_params(config, "evaluate_random", w.dataset),
+        section=lambda w: stage_params(config, "evaluate_random", w.dataset),
     log:
-        f"{LOGS}/evaluate/{{dataset}}-random-ipc{{ipc}}.log",
+        str(layout.log_path(config, "evaluate", "{dataset}", "random", "{ipc}")),
     benchmark:
-        f"{LOGS}/benchmarks/evaluate/{{dataset}}-random-ipc{{ipc}}.tsv"
+        str(layout.benchmark_path(config, "evaluate", "{dataset}", "random", "{ipc}"))
     threads: RT["threads"]
     resources:
         gpu=GPU,
@@ -174,17 +163,15 @@ rule evaluate_random:
 rule evaluate_full:
     input:
         P["prepared"],
-        LIB,
-        "stages/evaluate.py",
-        COMMON,
+        CODE["evaluate_full"],
     output:
         P["eval_full"],
     params:
-        section=lambda w: common.stage_params(config, "evaluate_full", w.dataset),
+        section=lambda w: stage_params(config, "evaluate_full", w.dataset),
     log:
-        f"{LOGS}/evaluate/{{dataset}}-full.log",
+        str(layout.log_path(config, "evaluate", "{dataset}", "full")),
     benchmark:
-        f"{LOGS}/benchmarks/evaluate/{{dataset}}-full.tsv"
+        str(layout.benchmark_path(config, "evaluate", "{dataset}", "full"))
     threads: RT["threads"]
     resources:
         gpu=GPU,
@@ -197,19 +184,17 @@ rule visualize:
         P["synthetic"],
         P["loss_csv"],
         P["state"],
-        LIB,
-        "stages/visualize.py",
-        COMMON,
+        CODE["visualize"],
     output:
         P["grid"],
         P["loss_png"],
         directory(P["images"]),
     params:
-        section=lambda w: common.stage_params(config, "visualize", w.dataset),
+        section=lambda w: stage_params(config, "visualize", w.dataset),
     log:
-        f"{LOGS}/visualize/{{dataset}}-{{method}}-ipc{{ipc}}.log",
+        str(layout.log_path(config, "visualize", "{dataset}", "{method}", "{ipc}")),
     benchmark:
-        f"{LOGS}/benchmarks/visualize/{{dataset}}-{{method}}-ipc{{ipc}}.tsv"
+        str(layout.benchmark_path(config, "visualize", "{dataset}", "{method}", "{ipc}"))
     threads: RT["threads"]
     shell:
         f"{PY} -m stages.visualize --dataset {{wildcards.dataset}} --method {{wildcards.method}} --ipc {{wildcards.ipc}}"
@@ -218,18 +203,16 @@ rule visualize:
 rule accuracy:
     input:
         lambda w: evaluations(w.dataset),
-        LIB,
-        "stages/visualize.py",
-        COMMON,
+        CODE["accuracy"],
     output:
         P["accuracy_png"],
         P["accuracy_csv"],
     params:
-        section=lambda w: common.stage_params(config, "accuracy", w.dataset),
+        section=lambda w: stage_params(config, "accuracy", w.dataset),
     log:
-        f"{LOGS}/visualize/{{dataset}}.log",
+        str(layout.log_path(config, "visualize", "{dataset}")),
     benchmark:
-        f"{LOGS}/benchmarks/visualize/{{dataset}}.tsv"
+        str(layout.benchmark_path(config, "visualize", "{dataset}"))
     threads: RT["threads"]
     shell:
         f"{PY} -m stages.visualize --dataset {{wildcards.dataset}}"
@@ -239,18 +222,16 @@ rule report:
     input:
         [evaluations(d) for d in EXP["datasets"]],
         [distillations(d) for d in EXP["datasets"]],
-        LIB,
-        "stages/report.py",
-        COMMON,
+        CODE["report"],
     output:
         P["summary_md"],
         P["summary_json"],
     params:
-        section=common.stage_params(config, "report"),
+        section=stage_params(config, "report"),
     log:
-        f"{LOGS}/report/summary.log",
+        str(layout.log_path(config, "report", name="summary")),
     benchmark:
-        f"{LOGS}/benchmarks/report/summary.tsv"
+        str(layout.benchmark_path(config, "report", name="summary"))
     threads: RT["threads"]
     shell:
         f"{PY} -m stages.report"

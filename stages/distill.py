@@ -21,16 +21,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import common
+from . import runtime
+from .layout import METHODS
+from .params import distill_kwargs
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
-    if args.method not in common.METHODS or args.ipc is None:
-        raise ValueError(f"--method/--ipc: distill needs a method in {common.METHODS} and an ipc, "
+    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
+    if args.method not in METHODS or args.ipc is None:
+        raise ValueError(f"--method/--ipc: distill needs a method in {METHODS} and an ipc, "
                          f"got {args.method!r}, {args.ipc!r}")
-    st = common.Stage("distill", args)
-    kwargs = common.distill_kwargs(st.params, st.dataset, st.method)
+    st = runtime.Stage("distill", args)
+    kwargs = distill_kwargs(st.params, st.dataset, st.method)
     from atom import viz
     from atom.distill import CheckpointMismatchError, distill
     from atom.io import load_tensors, save_tensors, write_json, write_text
@@ -86,4 +88,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(runtime.run(main))

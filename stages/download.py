@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 import time
 
-from . import common
+from . import runtime
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = common.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = common.Stage("download", args)
+    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runtime.Stage("download", args)
     ds = st.params["datasets"][st.dataset]
     raw = st.path("raw")
     from atom import data
@@ -36,4 +36,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(runtime.run(main))

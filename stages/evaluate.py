@@ -16,26 +16,28 @@ from __future__ import annotations
 
 import sys
 
-from . import common
+from . import runtime
+from .layout import BASELINES, METHODS, eval_path
+from .params import evaluate_settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
     if args.method is None:
-        raise ValueError(f"--method: required, one of {common.METHODS + common.BASELINES}")
+        raise ValueError(f"--method: required, one of {METHODS + BASELINES}")
     if args.method == "full":
         if args.ipc is not None:
             raise ValueError("--ipc: the full baseline takes no ipc")
     elif args.ipc is None:
         raise ValueError(f"--ipc: required for {args.method!r}")
-    st = common.Stage("evaluate", args)
-    seeds, cfg, batched = common.evaluate_settings(st.params, st.dataset, st.method)
+    st = runtime.Stage("evaluate", args)
+    seeds, cfg, batched = evaluate_settings(st.params, st.dataset, st.method)
     from atom.evaluate import baseline_set, evaluate
     from atom.io import load_tensors, write_json
 
     prep = load_tensors(st.path("prepared"))
     k = len(prep["classes"])
-    if st.method in common.METHODS:
+    if st.method in METHODS:
         syn = load_tensors(st.path("synthetic"))
         train_x, train_y = syn["images"], syn["labels"]
     else:
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                "per_seed": list(res["per_seed"]), "runs": runs, "epochs": cfg["epochs"],
                "scheduler": cfg["scheduler"], "batched": batched, "device": device,
                "seconds": sum(r.get("seconds", 0.0) for r in runs)}
-    out = common.eval_path(st.params, st.dataset, st.method, st.ipc)
+    out = eval_path(st.params, st.dataset, st.method, st.ipc)
     write_json(metrics, out)
     st.log.info("accuracy %.2f +- %.2f over %d seeds -> %s", res["mean"], res["std"], res["n"], out)
 
@@ -73,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(runtime.run(main))

@@ -16,10 +16,11 @@ import io
 import json
 import sys
 
-from . import common
+from . import runtime
+from .layout import METHODS, eval_path, evaluations
 
 
-def experiment_pictures(st: common.Stage) -> None:
+def experiment_pictures(st: runtime.Stage) -> None:
     from atom import viz
     from atom.io import load_tensors
 
@@ -45,13 +46,13 @@ def experiment_pictures(st: common.Stage) -> None:
         run.log_artifact(loss)
 
 
-def accuracy_plot(st: common.Stage) -> None:
+def accuracy_plot(st: runtime.Stage) -> None:
     from atom import viz
     from atom.io import write_text
 
     rows = []
-    for kind, ipc in common.evaluations(st.params, st.dataset):
-        p = common.eval_path(st.params, st.dataset, kind, ipc)
+    for kind, ipc in evaluations(st.params, st.dataset):
+        p = eval_path(st.params, st.dataset, kind, ipc)
         m = json.loads(p.read_text())
         rows.append({"method": kind, "ipc": ipc, "mean": m["mean"], "std": m["std"], "n": m["n"]})
     if not rows:
@@ -71,12 +72,12 @@ def accuracy_plot(st: common.Stage) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
     if (args.method is None) != (args.ipc is None):
         raise ValueError("--method/--ipc: give both (one synthetic set) or neither (the accuracy plot)")
-    if args.method is not None and args.method not in common.METHODS:
-        raise ValueError(f"--method: visualize draws synthetic sets of {common.METHODS}, got {args.method!r}")
-    st = common.Stage("visualize", args)
+    if args.method is not None and args.method not in METHODS:
+        raise ValueError(f"--method: visualize draws synthetic sets of {METHODS}, got {args.method!r}")
+    st = runtime.Stage("visualize", args)
     if st.method is None:
         accuracy_plot(st)
     else:
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(runtime.run(main))

@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 import time
 
-from . import common
+from . import runtime
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = common.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = common.Stage("zca", args)
+    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runtime.Stage("zca", args)
     ds = st.params["datasets"][st.dataset]
     from atom import data, preprocess
     from atom.io import save_tensors, write_json
@@ -45,4 +45,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(common.run(main))
+    sys.exit(runtime.run(main))

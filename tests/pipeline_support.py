@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import _merge
+from stages.params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).resolve().parent / "params.tiny.yaml"
@@ -23,8 +23,8 @@ COPY = ["atom", "stages", "schemas", "Snakefile", "dvc.yaml", ".dvcignore"]
 
 def tiny_params(extra: dict | None = None) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params = _merge(params, yaml.safe_load(TINY.read_text()))
-    return _merge(params, extra or {})
+    params = merge(params, yaml.safe_load(TINY.read_text()))
+    return merge(params, extra or {})
 
 
 def make_project(tmp: Path, extra: dict | None = None, tiny: bool = True) -> Path:

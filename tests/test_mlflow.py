@@ -1,4 +1,4 @@
-"""MLflow records of the stages (stages.common.Tracker), read back with MlflowClient, and the
+"""MLflow records of the stages (stages.tracking.Tracker), read back with MlflowClient, and the
 MLflow UI serving them over HTTP. Every store lives in a temp folder."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from pipeline_support import tiny_params, tool
-from stages import common
+from stages import tracking
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,7 +30,7 @@ def store(tmp_path_factory):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        tracker = common.Tracker(params, "digits", logging.getLogger("test"))
+        tracker = tracking.Tracker(params, "digits", logging.getLogger("test"))
         assert tracker.enabled and tracker.client is not None
         artifact = tmp / "loss.csv"
         artifact.write_text("iteration,loss\n1,3.0\n2,2.0\n3,1.5\n")
@@ -79,7 +79,7 @@ def test_records_read_back_with_mlflow_client(store, tmp_path):
 def test_disabled_tracker_records_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
     params = tiny_params({"mlflow": {"enabled": False}, "paths": {"logs": str(tmp_path / "logs")}})
-    tracker = common.Tracker(params, "digits", logging.getLogger("test"))
+    tracker = tracking.Tracker(params, "digits", logging.getLogger("test"))
     with tracker.run("distill", "atom", 1) as run:
         run.log_params({"a": 1})
         run.log_history("loss", [1.0], [1])
@@ -89,11 +89,11 @@ def test_disabled_tracker_records_nothing(tmp_path, monkeypatch):
 def test_tracking_uri_precedence(monkeypatch):
     params = tiny_params()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert common.tracking_uri(params) == "sqlite:///mlflow.db"
+    assert tracking.tracking_uri(params) == "sqlite:///mlflow.db"
     params["mlflow"]["tracking_uri"] = "sqlite:///elsewhere.db"
-    assert common.tracking_uri(params) == "sqlite:///elsewhere.db"
+    assert tracking.tracking_uri(params) == "sqlite:///elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    assert common.tracking_uri(params) == "http://127.0.0.1:9"
+    assert tracking.tracking_uri(params) == "http://127.0.0.1:9"
 
 
 def _free_port() -> int:

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from pipeline_support import ROOT, make_project, project_env, tiny_params, tool
-from stages import common
+from stages.params import ParamsError, distill_kwargs, evaluate_settings, load_params, section, stage_params, validate_params
 
 
 @pytest.fixture(scope="module")
 def params():
-    return common.load_params(ROOT / "params.yaml")
+    return load_params(ROOT / "params.yaml")
 
 
 def _walk(schema, where="schema"):
@@ -44,24 +44,24 @@ def test_every_schema_key_is_described_and_typed():
 
 
 def test_default_and_tiny_params_are_valid(params):
-    common.validate_params(tiny_params())
+    validate_params(tiny_params())
     assert params["experiment"]["methods"] == ["atom", "datadam", "dm"]
     assert params["experiment"]["baselines"] == ["random", "full"] and params["experiment"]["ipcs"] == [1, 10]
     # every dataset group validates once merged into the sections it overrides
     for name in params["datasets"]:
-        assert common.section(params, "distill", name)["iterations"] >= 1
-        seeds, cfg, batched = common.evaluate_settings(params, name, "atom")
+        assert section(params, "distill", name)["iterations"] >= 1
+        seeds, cfg, batched = evaluate_settings(params, name, "atom")
         assert seeds and cfg["epochs"] >= 1 and batched is False
 
 
 def test_dataset_groups_override_only_their_dataset(params):
-    tiny = common.distill_kwargs(params, "tinyimagenet", "atom")
+    tiny = distill_kwargs(params, "tinyimagenet", "atom")
     assert tiny["net"]["depth"] == 4 and tiny["net"]["width"] == params["distill"]["net"]["width"]
     assert tiny["loss"]["lam"] == 0.02 and tiny["loss"]["p_c"] == params["distill"]["loss"]["atom"]["p_c"]
-    assert common.distill_kwargs(params, "digits", "atom")["net"]["depth"] == 3
-    assert common.distill_kwargs(params, "digits", "dm")["loss"] == params["distill"]["loss"]["dm"]
+    assert distill_kwargs(params, "digits", "atom")["net"]["depth"] == 3
+    assert distill_kwargs(params, "digits", "dm")["loss"] == params["distill"]["loss"]["dm"]
     assert params["datasets"]["cifar10"]["preprocess"]["zca"] and not params["datasets"]["tinyimagenet"]["preprocess"]["zca"]
-    seeds, full, _ = common.evaluate_settings(params, "digits", "full")
+    seeds, full, _ = evaluate_settings(params, "digits", "full")
     assert full["epochs"] == params["evaluate"]["full"]["epochs"] and seeds == params["evaluate"]["full"]["seeds"]
 
 
@@ -83,8 +83,8 @@ def test_bad_values_name_their_key(params, key, value, words):
     for p in parents:
         node = node[p]
     node[last] = value
-    with pytest.raises(common.ParamsError) as err:
-        common.validate_params(bad)
+    with pytest.raises(ParamsError) as err:
+        validate_params(bad)
     for w in words:
         assert w in str(err.value)
 
@@ -112,10 +112,10 @@ def test_snakemake_validates_params_before_scheduling(tmp_path):
 
 def test_stage_params_cover_what_each_stage_reads(params):
     # a change in any of these reruns the stage in Snakemake (params:) and DVC (params:)
-    sp = common.stage_params(params, "distill", "digits")
+    sp = stage_params(params, "distill", "digits")
     assert sp["distill"] == params["distill"] and sp["dsa"] == params["dsa"] and sp["seed"] == 0
-    assert "distill" not in common.stage_params(params, "evaluate", "digits")
-    assert "seed" in common.stage_params(params, "evaluate_random", "digits")
+    assert "distill" not in stage_params(params, "evaluate", "digits")
+    assert "seed" in stage_params(params, "evaluate_random", "digits")
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "datasets.${item.dataset}.distill"}
     assert set(dvc["evaluate"]["params"]) == {"evaluate", "dsa", "datasets.${item.dataset}.evaluate"}

@@ -1,0 +1,153 @@
+"""Where the pipeline reads and writes, what it runs, and which code each stage runs.
+
+One source for the facts the Snakefile, dvc.yaml and the stages share:
+
+- :data:`PATTERNS`: every file the pipeline writes, as patterns (:func:`pattern`, :func:`path`);
+- :func:`log_path` / :func:`benchmark_path`: each job's log and Snakemake benchmark file;
+- :func:`experiments` / :func:`evaluations`: the experiment matrix of params.yaml;
+- :data:`METHODS` / :data:`BASELINES`: a torch-free copy of ``atom.losses.METHODS`` (a test
+  checks that it, the Snakefile's wildcard constraint and the schema's enums agree);
+- :func:`code_deps`: the ``atom/`` and ``stages/`` files a stage imports, transitively (the
+  Snakefile's code inputs; dvc.yaml spells the same lists out, and a test compares them).
+
+Torch-free and jsonschema-free: the Snakefile imports it.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+__all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "PATTERNS", "STAGES", "pattern", "path", "experiments",
+           "evaluations", "eval_path", "log_path", "benchmark_path", "code_deps"]
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = "params.yaml"
+METHODS = ("atom", "datadam", "dm")
+BASELINES = ("random", "full")
+
+# Every file the pipeline writes, as patterns. `{raw}`, `{prepared}`, `{results}` and `{logs}`
+# come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` are the experiment's
+# wildcards (the Snakefile keeps them as wildcards, the stages fill them in).
+PATTERNS = {
+    "raw": "{raw}/{dataset}",
+    "download_metrics": "{results}/download/{dataset}.json",
+    "prepared": "{prepared}/{dataset}.pt",
+    "state": "{prepared}/{dataset}.state.pt",
+    "zca_metrics": "{results}/zca/{dataset}.json",
+    "distill_dir": "{results}/distill/{dataset}/{method}/ipc{ipc}",
+    "synthetic": "{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt",
+    "checkpoint": "{results}/distill/{dataset}/{method}/ipc{ipc}/checkpoint.pt",
+    "loss_csv": "{results}/distill/{dataset}/{method}/ipc{ipc}/loss.csv",
+    "distill_metrics": "{results}/distill/{dataset}/{method}/ipc{ipc}/metrics.json",
+    "eval_metrics": "{results}/evaluate/{dataset}/{method}/ipc{ipc}/metrics.json",
+    "eval_full": "{results}/evaluate/{dataset}/full/metrics.json",
+    "grid": "{results}/visualize/{dataset}/{method}/ipc{ipc}/grid.png",
+    "loss_png": "{results}/visualize/{dataset}/{method}/ipc{ipc}/loss.png",
+    "images": "{results}/visualize/{dataset}/{method}/ipc{ipc}/images",
+    "accuracy_png": "{results}/visualize/{dataset}/accuracy.png",
+    "accuracy_csv": "{results}/visualize/{dataset}/accuracy.csv",
+    "summary_md": "{results}/report/summary.md",
+    "summary_json": "{results}/report/summary.json",
+}
+
+# Snakemake rule / dvc.yaml stage -> the module it runs (`python -m stages.<module>`).
+STAGES = {"download": "download", "zca": "zca", "distill": "distill", "evaluate": "evaluate",
+          "evaluate_random": "evaluate", "evaluate_full": "evaluate", "visualize": "visualize",
+          "accuracy": "visualize", "report": "report"}
+
+
+def pattern(params: dict, key: str) -> str:
+    """A path pattern with `paths` filled in and the wildcards left as ``{dataset}`` etc."""
+    p = params["paths"]
+    keep = {w: "{" + w + "}" for w in ("dataset", "method", "ipc")}
+    return PATTERNS[key].format(raw=p["raw"], prepared=p["prepared"], results=p["results"], logs=p["logs"], **keep)
+
+
+def path(params: dict, key: str, **wildcards) -> Path:
+    return Path(pattern(params, key).format(**wildcards))
+
+
+def experiments(params: dict) -> list[tuple[str, str, int]]:
+    """(dataset, method, ipc) of every distillation in the matrix."""
+    e = params["experiment"]
+    return [(d, m, k) for d in e["datasets"] for m in e["methods"] for k in e["ipcs"]]
+
+
+def evaluations(params: dict, dataset: str) -> list[tuple[str, int | None]]:
+    """(kind, ipc) of every evaluation of ``dataset``: methods and random per ipc, full once."""
+    e = params["experiment"]
+    out = [(m, k) for m in e["methods"] for k in e["ipcs"]]
+    if "random" in e["baselines"]:
+        out += [("random", k) for k in e["ipcs"]]
+    if "full" in e["baselines"]:
+        out.append(("full", None))
+    return out
+
+
+def eval_path(params: dict, dataset: str, kind: str, ipc: int | None) -> Path:
+    if kind == "full":
+        return path(params, "eval_full", dataset=dataset)
+    return path(params, "eval_metrics", dataset=dataset, method=kind, ipc=ipc)
+
+
+def _job_name(dataset, method, ipc, name: str | None) -> str:
+    if name is not None:
+        return name
+    parts = [dataset, method] + ([f"ipc{ipc}"] if ipc is not None else [])
+    return "-".join(str(p) for p in parts if p)
+
+
+def log_path(params: dict, stage: str, dataset=None, method=None, ipc=None, name: str | None = None) -> Path:
+    """``<logs>/<stage>/<dataset>-<method>-ipc<ipc>.log`` (the parts given), or ``<name>.log``.
+    The Snakefile passes ``"{dataset}"`` etc. to get its ``log:`` patterns."""
+    return Path(params["paths"]["logs"]) / stage / f"{_job_name(dataset, method, ipc, name)}.log"
+
+
+def benchmark_path(params: dict, stage: str, dataset=None, method=None, ipc=None, name: str | None = None) -> Path:
+    """Snakemake's ``benchmark:`` file of a job: ``<logs>/benchmarks/<stage>/<job>.tsv``."""
+    return Path(params["paths"]["logs"]) / "benchmarks" / stage / f"{_job_name(dataset, method, ipc, name)}.tsv"
+
+
+# ----------------------------------------------------------------------------- code dependencies
+
+_PACKAGES = ("atom", "stages")
+
+
+def _module_file(module: str) -> Path:
+    parts = module.split(".")
+    return ROOT.joinpath(*parts, "__init__.py") if len(parts) == 1 else ROOT.joinpath(*parts).with_suffix(".py")
+
+
+def _is_module(module: str) -> bool:
+    return module.split(".")[0] in _PACKAGES and _module_file(module).is_file()
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(module: str) -> frozenset[str]:
+    """The project modules ``module`` imports anywhere in its file (function bodies included)."""
+    package = module.split(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(_module_file(module).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package + ("." + node.module if node.module else "") if node.level else node.module
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from atom import viz`
+    return frozenset(m for m in found if _is_module(m))
+
+
+def code_deps(stage: str) -> list[str]:
+    """The ``atom/`` and ``stages/`` files that ``python -m stages.<module>`` of ``stage``
+    imports, transitively, as sorted paths relative to the project root. Importing ``atom.x``
+    runs ``atom/__init__.py`` (and everything it imports) too."""
+    todo, seen = [f"stages.{STAGES[stage]}"], set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo += [p for p in (m.split(".")[0],) if p != m]
+        todo += _imports(m)
+    return sorted(str(_module_file(m).relative_to(ROOT)) for m in seen)

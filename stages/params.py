@@ -1,0 +1,154 @@
+"""params.yaml: loading, validation, and the settings each stage reads from it.
+
+:func:`load_params` reads params.yaml and validates it against ``schemas/params.schema.yaml``
+(plus the cross-key checks of :func:`check_params`) *before* torch is imported or any data is
+touched, so a wrong type or an out-of-range value stops the run with an error naming the key.
+The section helpers (:func:`section`, :func:`distill_kwargs`, :func:`evaluate_settings`)
+merge a dataset group's overrides into the shared sections; :func:`stage_params` says which
+values each stage depends on (the Snakefile's ``params:``, mirrored by dvc.yaml's).
+
+Torch-free: the Snakefile imports it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .layout import PARAMS, ROOT
+
+__all__ = ["ParamsError", "SCHEMA", "read_yaml", "validate_params", "check_params", "load_params", "merge",
+           "section", "distill_kwargs", "evaluate_settings", "stage_params"]
+
+SCHEMA = ROOT / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, of the wrong type or out of range."""
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def _key(parts) -> str:
+    return ".".join(str(p) for p in parts) or "<top level>"
+
+
+def validate_params(params: Any, source: str = PARAMS, schema_path: str | os.PathLike = SCHEMA) -> dict:
+    """Check ``params`` against the schema, then the cross-key rules; raise :class:`ParamsError`
+    listing every problem as ``<source>: <key>: <message>``."""
+    import jsonschema
+
+    schema = read_yaml(schema_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = []
+        for e in errors[:20]:
+            lines.append(f"{source}: {_key(e.absolute_path)}: {e.message}")
+        raise ParamsError("invalid parameters\n  " + "\n  ".join(dict.fromkeys(lines)))
+    check_params(params, source)
+    return params
+
+
+def check_params(params: dict, source: str = PARAMS) -> None:
+    """Rules the schema cannot express: the matrix names existing datasets and something runs."""
+    exp = params["experiment"]
+    for i, name in enumerate(exp["datasets"]):
+        if name not in params["datasets"]:
+            raise ParamsError(f"{source}: experiment.datasets.{i}: {name!r} is not a key of `datasets` "
+                              f"(available: {sorted(params['datasets'])})")
+    if not exp["methods"] and not exp["baselines"]:
+        raise ParamsError(f"{source}: experiment.methods: no method and no baseline to run")
+    for name in exp["datasets"]:
+        ds = params["datasets"][name]
+        for sec in ("distill", "evaluate"):
+            merged = section(params, sec, name)
+            if sec == "distill" and merged["lr_milestones"] != sorted(merged["lr_milestones"]):
+                raise ParamsError(f"{source}: datasets.{name}.distill.lr_milestones: must be increasing")
+        if ds["paper"] is not None:
+            n = len(ds["paper"]["ipcs"])
+            for m, vals in ds["paper"]["methods"].items():
+                if len(vals) != n:
+                    raise ParamsError(f"{source}: datasets.{name}.paper.methods.{m}: {len(vals)} values "
+                                      f"for {n} ipcs")
+
+
+def load_params(path: str | os.PathLike = PARAMS) -> dict:
+    """Read and validate params.yaml (no torch, no data touched)."""
+    params = read_yaml(path)
+    return validate_params(params, str(path))
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, key by key into nested dicts (both left unchanged)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def section(params: dict, name: str, dataset: str | None = None) -> dict:
+    """A top-level section with the dataset group's overrides merged in (``distill``, ``evaluate``)."""
+    base = params[name]
+    if dataset is None or name not in ("distill", "evaluate"):
+        return copy.deepcopy(base)
+    return merge(base, params["datasets"][dataset].get(name) or {})
+
+
+def distill_kwargs(params: dict, dataset: str, method: str) -> dict:
+    """Keyword arguments of ``atom.distill.distill`` for one experiment (besides data/ipc/method)."""
+    cfg = section(params, "distill", dataset)
+    losses = cfg.pop("loss")
+    cfg["loss"] = dict(losses[method])
+    cfg["seed"] = params["runtime"]["seed"]
+    cfg["dsa_params"] = dict(params["dsa"])
+    return cfg
+
+
+def evaluate_settings(params: dict, dataset: str, kind: str) -> tuple[list[int], dict, bool]:
+    """(seeds, EvalConfig keyword arguments, batched) for a method or baseline ``kind``."""
+    cfg = section(params, "evaluate", dataset)
+    full = cfg.pop("full")
+    if kind == "full":
+        cfg.update(full)
+    seeds = list(cfg.pop("seeds"))
+    batched = bool(cfg.pop("batched"))
+    cfg["dsa_params"] = dict(params["dsa"])
+    return seeds, cfg, batched
+
+
+def stage_params(params: dict, stage: str, dataset: str | None = None) -> dict:
+    """The values a stage depends on: a change in any reruns it. Mirrors ``params:`` in dvc.yaml
+    (the Snakefile passes this as the rule's ``params:``)."""
+    ds = params["datasets"].get(dataset, {}) if dataset else {}
+    if stage == "download":
+        return {"loader": ds["loader"], "options": ds["options"]}
+    if stage == "zca":
+        return {"loader": ds["loader"], "options": ds["options"], "preprocess": ds["preprocess"]}
+    if stage == "distill":
+        return {"distill": params["distill"], "dsa": params["dsa"], "seed": params["runtime"]["seed"],
+                "override": ds.get("distill")}
+    if stage in ("evaluate", "evaluate_full"):
+        return {"evaluate": params["evaluate"], "dsa": params["dsa"], "override": ds.get("evaluate")}
+    if stage == "evaluate_random":
+        return {"evaluate": params["evaluate"], "dsa": params["dsa"], "seed": params["runtime"]["seed"],
+                "override": ds.get("evaluate")}
+    if stage == "visualize":
+        return {"visualize": params["visualize"]}
+    if stage == "accuracy":
+        return {"visualize": params["visualize"], "experiment": params["experiment"]}
+    if stage == "report":
+        return {"experiment": params["experiment"], "report": params["report"],
+                "paper": {d: params["datasets"][d]["paper"] for d in params["experiment"]["datasets"]}}
+    raise ValueError(f"stage: unknown stage {stage!r}")

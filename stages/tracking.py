@@ -1,0 +1,187 @@
+"""MLflow recording of the stages: one experiment per dataset, one run per stage invocation.
+
+:class:`Tracker` tags every run with stage, dataset, method, ipc and the git commit. MLflow
+only records: if it fails, the stage logs a warning and its outputs are still written. Writes
+are serialised across processes by a file lock, so parallel jobs never race on the SQLite
+store. MLflow is imported only when a tracker connects.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["Tracker", "tracking_uri", "experiment_name", "flatten", "git_commit", "DEFAULT_TRACKING_URI"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'net': {'width': 128}} -> {'net.width': 128} (MLflow params are flat)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit(cwd: str | os.PathLike = ".") -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+def tracking_uri(params: dict) -> str:
+    """$MLFLOW_TRACKING_URI wins, then ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"] or DEFAULT_TRACKING_URI
+
+
+def experiment_name(params: dict, dataset: str) -> str:
+    return f"{params['mlflow']['experiment_prefix']}{dataset}"
+
+
+class _Run:
+    """One MLflow run; every call is serialised by the tracker's lock and never raises."""
+
+    def __init__(self, tracker: "Tracker", run_id: str | None):
+        self.tracker, self.run_id = tracker, run_id
+
+    def _call(self, what: str, fn: Callable[..., Any], *args, **kwargs):
+        if self.run_id is None:
+            return None
+        return self.tracker._guard(what, fn, self.run_id, *args, **kwargs)
+
+    def log_params(self, params: dict) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v) if not isinstance(v, str) else v)
+                 for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self._call("log params", self.tracker.client.log_batch, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._call("log metrics", self.tracker.client.log_batch, metrics=items)
+
+    def log_history(self, key: str, values: list[float], steps: list[int]) -> None:
+        """A metric with one value per step (e.g. the loss curve)."""
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, int(s)) for s, v in zip(steps, values)]
+        for i in range(0, len(items), 1000):  # MLflow accepts at most 1000 metrics per batch
+            self._call("log metric history", self.tracker.client.log_batch, metrics=items[i:i + 1000])
+
+    def log_artifact(self, local: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        self._call("log artifact", self.tracker.client.log_artifact, str(local), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.run_id is None:
+            return
+        self._call("set tag", self.tracker.client.set_tag, key, value)
+
+
+class Tracker:
+    """MLflow recording for one dataset's experiment. Disabled (all no-ops) when
+    ``mlflow.enabled`` is false. Writes are serialised across processes by a file lock, so two
+    jobs never race on the SQLite store (its first creation included)."""
+
+    def __init__(self, params: dict, dataset: str, log: logging.Logger):
+        self.params, self.dataset, self.log = params, dataset, log
+        self.enabled = bool(params["mlflow"]["enabled"])
+        self.client = None
+        self.experiment_id = None
+        self.lock_path = Path(params["paths"]["logs"]) / ".mlflow.lock"
+        self.commit = git_commit()
+        if self.enabled:
+            self._guard("connect", self._connect)
+            if self.client is None:
+                self.enabled = False
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock
+            yield
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _guard(self, what: str, fn: Callable[..., Any], *args, **kwargs):
+        for attempt in range(3):
+            try:
+                with self._lock():
+                    return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - recording must never break a stage
+                if attempt == 2 or "locked" not in str(exc).lower():
+                    self.log.warning("mlflow: %s failed: %s", what, exc)
+                    return None
+                time.sleep(1.0 + attempt)
+        return None
+
+    def _connect(self) -> None:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri(self.params)
+        client = MlflowClient(tracking_uri=uri)
+        name = experiment_name(self.params, self.dataset)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            root = self.params["mlflow"]["artifact_root"]
+            location = root if "://" in root else Path(root).resolve().joinpath(name).as_uri()
+            self.experiment_id = client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.client = client
+        self.log.info("mlflow: %s, experiment %r", uri, name)
+
+    @contextlib.contextmanager
+    def run(self, stage: str, method: str | None = None, ipc: int | None = None,
+            parent: _Run | None = None, name: str | None = None, extra_tags: dict | None = None) -> Iterator[_Run]:
+        """Start a run tagged with stage/dataset/method/ipc/git commit; end it FINISHED, or
+        FAILED if the block raises."""
+        if not self.enabled:
+            yield _Run(self, None)
+            return
+        tags = {"stage": stage, "dataset": self.dataset, "method": method or "", "ipc": "" if ipc is None else str(ipc),
+                "git_commit": self.commit, "mlflow.source.git.commit": self.commit,
+                "mlflow.runName": name or "/".join(str(x) for x in (stage, self.dataset, method,
+                                                                     None if ipc is None else f"ipc{ipc}") if x)}
+        if parent is not None and parent.run_id:
+            tags["mlflow.parentRunId"] = parent.run_id
+        tags.update(extra_tags or {})
+        info = self._guard("create run", self.client.create_run, self.experiment_id, tags=tags)
+        handle = _Run(self, info.info.run_id if info is not None else None)
+        status = "FAILED"
+        try:
+            yield handle
+            status = "FINISHED"
+        finally:
+            handle._call("end run", self.client.set_terminated, status)
