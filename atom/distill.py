@@ -39,53 +39,17 @@ from .io import load_tensors, save_tensors
 from .losses import LossConfig, MatchingLoss
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
+from .selection import RULES as SELECTION_RULES, select
+from .sets import check_dataset, random_subset, resolve_device
+from .validation import BestSnapshot
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset",
-           "CheckpointMismatchError", "DistillStep"]
+           "CheckpointMismatchError", "DistillStep", "INITS", "LR_SCHEDULES", "learning_rate", "pixel_range"]
+
+INITS = ("real", "noise") + tuple(r for r in SELECTION_RULES if r != "random")  # real = random real subset
+LR_SCHEDULES = ("step", "cosine")
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
-def check_dataset(images: Tensor, labels: Tensor, num_classes: int | None = None,
-                  name: str = "images") -> int:
-    """Validate an (N, C, H, W) float batch and its labels; return the number of classes."""
-    if not isinstance(images, Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{name}: expected a 4-D tensor (N, C, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"{name}: expected floating-point pixels, got {images.dtype}")
-    lname = "labels" if name == "images" else f"{name} labels"
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{lname}: expected a 1-D tensor of {images.shape[0]} class indices")
-    if labels.is_floating_point():
-        raise ValueError(f"{lname}: expected integer class indices, got {labels.dtype}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name}: the set is empty")
-    k = int(labels.max()) + 1 if num_classes is None else num_classes
-    if int(labels.min()) < 0 or int(labels.max()) >= k:
-        raise ValueError(f"{lname}: values must lie in [0, {k}), got [{int(labels.min())}, {int(labels.max())}]")
-    return k
-
-
-def random_subset(labels: Tensor, ipc: int, generator: torch.Generator, num_classes: int) -> Tensor:
-    """Indices of ``ipc`` random images per class, class by class. Distillation's real
-    initialisation and the ``random`` baseline both call this first on a fresh generator
-    seeded with the same seed, so they pick the same images."""
-    idx = []
-    for k in range(num_classes):
-        cls = (labels == k).nonzero().squeeze(1)
-        idx.append(cls[torch.randperm(len(cls), generator=generator)[:ipc]])
-    return torch.cat(idx)
 
 
 @dataclass
@@ -103,9 +67,18 @@ class DistillConfig:
     real_chunk: int = 32
     lr_img: float | None = None
     momentum: float = 0.5
+    # "step": lr_img * lr_gamma ** (milestones passed), constant without milestones;
+    # "cosine": lr_img * (1 + cos(pi * it / iterations)) / 2, which damps the late overshoot
+    # of the whitened pixels
+    lr_schedule: str = "step"
     lr_milestones: list[float] = field(default_factory=list)  # fractions of `iterations`
     lr_gamma: float = 0.1
-    init: str = "real"
+    # clamp the synthetic pixels, after every step, to the per-channel [min, max] of the real
+    # images in the preprocessed space (keeps them on the data's support)
+    clamp: bool = False
+    init: str = "real"  # real | noise | herding | kcenter (atom.selection)
+    init_options: dict = field(default_factory=dict)  # atom.selection.select keywords (encoder_epochs, ...)
+    validate_every: int = 0  # score the set every K iterations with `validator` (0: never)
     seed: int = 0
     net: dict = field(default_factory=lambda: dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg"))
     loss: dict = field(default_factory=dict)  # overrides of LossConfig.for_method(method)
@@ -125,12 +98,17 @@ class DistillConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("checkpoint_every", "snapshot_every", "real_chunk"):
+        for name in ("checkpoint_every", "snapshot_every", "real_chunk", "validate_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
-        if self.init not in ("real", "noise"):
-            raise ValueError(f"init: must be 'real' or 'noise', got {self.init!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: must be one of {INITS}, got {self.init!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        unknown = set(self.init_options) - {"encoder_epochs", "encoder_per_class", "net"}
+        if unknown:
+            raise ValueError(f"init_options: unknown keys {sorted(unknown)}")
         if self.lr_img is None:
             self.lr_img = 1.0 if self.ipc <= 50 else 10.0
         if not self.lr_img > 0:
@@ -156,6 +134,12 @@ class DistillResult:
     config: dict
     seconds: float = 0.0
     snapshots: list[tuple[int, Tensor]] = field(default_factory=list)
+    # with a validator: the best-scoring set (iteration 0 is the initial set), its iteration
+    # and score, and the whole (iteration, score) curve; without one, the final set
+    best_images: Tensor | None = None
+    best_iteration: int | None = None
+    best_score: float | None = None
+    val_curve: list[tuple[int, float]] = field(default_factory=list)
 
     def __iter__(self):  # `x, y = atom.distill(...)`
         yield self.images
@@ -167,8 +151,28 @@ class CheckpointMismatchError(ValueError):
 
 
 # Keys that must agree between a checkpoint and the run resuming from it.
-_RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_milestones",
-                "lr_gamma", "init", "seed", "net", "loss", "dsa", "dsa_params")
+_RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_schedule", "lr_milestones",
+                "lr_gamma", "clamp", "init", "init_options", "seed", "net", "loss", "dsa", "dsa_params",
+                "validate_every")
+
+
+def learning_rate(cfg: DistillConfig, it: int) -> float:
+    """The image learning rate of iteration ``it`` (0-based) under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr_img * 0.5 * (1.0 + math.cos(math.pi * it / cfg.iterations))
+    milestones = [int(round(m * cfg.iterations)) for m in cfg.lr_milestones]
+    return cfg.lr_img * cfg.lr_gamma ** sum(it >= m for m in milestones)
+
+
+def pixel_range(images: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """Per-channel minimum and maximum of (N, C, H, W), shaped (1, C, 1, 1) for broadcasting."""
+    lo = hi = None
+    for i in range(0, images.shape[0], chunk):
+        b = images[i:i + chunk].transpose(0, 1).flatten(1)
+        blo, bhi = b.min(1).values, b.max(1).values
+        lo = blo if lo is None else torch.minimum(lo, blo)
+        hi = bhi if hi is None else torch.maximum(hi, bhi)
+    return lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
 
 
 class DistillStep:
@@ -275,13 +279,18 @@ class DistillStep:
 def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
             device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
             checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
-            callback: Callable[[int, Tensor], None] | None = None, **config) -> DistillResult:
+            callback: Callable[[int, Tensor], None] | None = None,
+            validator: Callable[[Tensor, Tensor], float] | None = None, **config) -> DistillResult:
     """Distil ``images`` (N, C, H, W) with integer ``labels`` into ``ipc`` images per class.
 
     ``config`` takes any :class:`DistillConfig` field (iterations, batch_real, lr_img, seed,
     net, loss, dsa_params, ...). With ``checkpoint_path`` and ``checkpoint_every > 0`` the
     state is saved periodically (atomically); ``resume=True`` continues from it.
     ``callback(iteration, images)`` is called every ``snapshot_every`` iterations.
+    ``validator(images, labels) -> score`` (higher is better) is called on the initial set and
+    every ``validate_every`` iterations and at the end; the result then carries the best set
+    (:class:`atom.validation.BestSnapshot`). Pass only training images here: the validator
+    holds the validation split, and distillation never sees it.
     """
     cfg = DistillConfig(ipc=ipc, method=method, **config)
     k = check_dataset(images, labels, num_classes)
@@ -289,6 +298,8 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     if int(counts.min()) < ipc:
         raise ValueError(f"ipc: {ipc} exceeds the smallest class ({int(counts.min())} images, "
                          f"class {int(counts.argmin())})")
+    if cfg.validate_every and validator is None:
+        raise ValueError("validate_every: > 0 needs a validator(images, labels) -> score")
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_allocator()
@@ -296,14 +307,21 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     g = torch.Generator().manual_seed(cfg.seed)
     start, losses, snapshots = 0, [], []
 
-    init_idx = random_subset(labels, ipc, g, k)  # consumed even for noise init: same RNG stream
+    init_idx = random_subset(labels, ipc, g, k)  # consumed for every init: the same RNG stream
     if cfg.init == "real":
         syn0 = images[init_idx].clone()
-    else:
+    elif cfg.init == "noise":
         syn0 = torch.randn((k * ipc, *images.shape[1:]), generator=g)
+    else:  # a selection rule; its own generator is seeded with the same seed
+        opts = dict(cfg.init_options)
+        opts["net"] = dict(cfg.net, **opts.get("net", {}))
+        syn0 = images[select(images, labels, ipc, cfg.init, seed=cfg.seed, num_classes=k, device=dev,
+                             progress=progress, **opts)].clone()
     syn_labels = torch.arange(k).repeat_interleave(ipc)
     syn = syn0.to(dev, dtype).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+    bounds = [b.to(dev, dtype) for b in pixel_range(images)] if cfg.clamp else None
+    best = BestSnapshot()
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
@@ -312,17 +330,18 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         for key in _RESUME_KEYS:
             if saved.get(key) != getattr(cfg, key):
                 raise CheckpointMismatchError(f"{ckpt}: checkpoint was made with {key}={saved.get(key)!r}, "
-                                 f"this run has {key}={getattr(cfg, key)!r}")
+                                              f"this run has {key}={getattr(cfg, key)!r}")
         with torch.no_grad():
             syn.copy_(state["images"].to(dev, dtype))
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         start, losses = int(state["iteration"]), list(map(float, state["losses"]))
+        if "best" in state:
+            best = BestSnapshot.from_state(state["best"])
         log.info("resumed from %s at iteration %d", ckpt, start)
 
     step = DistillStep(cfg, images, labels, k, dev, dtype)
     pending: list[Tensor] = []
-    milestones = sorted(int(round(m * cfg.iterations)) for m in cfg.lr_milestones)
 
     def flush():
         if pending:
@@ -333,20 +352,31 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         flush()
         save_tensors({"images": syn.detach().cpu(), "labels": syn_labels, "optimizer": opt.state_dict(),
                       "generator": g.get_state(), "iteration": iteration,
-                      "losses": torch.tensor(losses, dtype=torch.float64),
+                      "losses": torch.tensor(losses, dtype=torch.float64), "best": best.state_dict(),
                       "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
 
+    def validate(iteration: int):
+        score = float(validator(syn.detach().cpu().clone(), syn_labels))
+        if best.update(iteration, syn, score):
+            log.info("iteration %d: validation %.4g (new best)", iteration, score)
+        else:
+            log.info("iteration %d: validation %.4g (best %.4g at %d)", iteration, score, best.score, best.iteration)
+
+    if validator is not None and start == 0:
+        validate(0)
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress,
                desc=f"distill {method} ipc{ipc}", dynamic_ncols=True)
     for it in bar:
-        lr = cfg.lr_img * cfg.lr_gamma ** sum(it >= m for m in milestones)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(cfg, it)
         loss = step(syn, syn_labels, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if bounds is not None:
+            with torch.no_grad():
+                syn.clamp_(bounds[0], bounds[1])
         pending.append(loss.detach())
         done = it + 1
         if done % cfg.log_every == 0 or done == cfg.iterations:
@@ -355,6 +385,9 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
                 raise FloatingPointError(f"loss became {losses[-1]} at iteration {done}; lower lr_img")
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
             log.info("iteration %d/%d loss %.6g", done, cfg.iterations, losses[-1])
+        if validator is not None and ((cfg.validate_every and done % cfg.validate_every == 0)
+                                      or done == cfg.iterations):
+            validate(done)
         if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
             save(done)
         if cfg.snapshot_every and done % cfg.snapshot_every == 0 and done < cfg.iterations:
@@ -363,5 +396,10 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
             if callback is not None:
                 callback(done, snap)
     flush()
-    return DistillResult(syn.detach().cpu(), syn_labels, losses, cfg.to_dict(),
-                         time.perf_counter() - t0, snapshots)
+    final = syn.detach().cpu()
+    if validator is None:
+        return DistillResult(final, syn_labels, losses, cfg.to_dict(), time.perf_counter() - t0, snapshots,
+                             best_images=final)
+    return DistillResult(final, syn_labels, losses, cfg.to_dict(), time.perf_counter() - t0, snapshots,
+                         best_images=best.images, best_iteration=best.iteration, best_score=best.score,
+                         val_curve=list(best.curve))
