@@ -31,7 +31,7 @@ def parser(description: str, method: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--params", default=PARAMS, help="params file (default: params.yaml)")
     p.add_argument("--dataset", required=True, help="a key of `datasets` in params.yaml")
     if method:
-        p.add_argument("--method", help="atom | datadam | dm | random | full")
+        p.add_argument("--method", help=" | ".join(METHODS + BASELINES))
         p.add_argument("--ipc", type=int, help="images per class")
     return p
 

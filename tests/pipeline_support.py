@@ -2,7 +2,7 @@
 
 ``make_project(tmp)`` copies what the pipeline needs (atom/, stages/, schemas/, Snakefile,
 dvc.yaml, .dvcignore) into ``tmp`` and writes params.yaml = the project's params.yaml with
-tests/params.tiny.yaml (and ``extra``) merged over it, or the defaults with ``tiny=False``; ``project_env(tmp)`` points MLflow, DVC's site cache
+tests/params.tiny.yaml (and ``extra``) merged over it, or the defaults (with ``extra``) with ``tiny=False``; ``project_env(tmp)`` points MLflow, DVC's site cache
 and the interpreter at that copy, so nothing outside ``tmp`` is touched.
 """
 from __future__ import annotations
@@ -39,6 +39,9 @@ def make_project(tmp: Path, extra: dict | None = None, tiny: bool = True) -> Pat
             shutil.copy2(src, tmp / name)
     if tiny:
         (tmp / "params.yaml").write_text(yaml.safe_dump(tiny_params(extra), sort_keys=False))
+    elif extra:
+        params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), extra)
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     else:
         shutil.copy2(ROOT / "params.yaml", tmp / "params.yaml")
     return tmp

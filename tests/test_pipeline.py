@@ -1,6 +1,7 @@
 """The pipeline end to end, on throw-away copies of the project with tiny params.
 
-- the Snakefile and dvc.yaml describe the same stages with the same commands, inputs, outputs;
+- the Snakefile and dvc.yaml describe the same stages with the same commands, inputs, outputs
+  (for the default and another experiment matrix), and each stage depends on the code it imports;
 - `snakemake` runs the whole DAG (tests/params.tiny.yaml) and leaves every declared output,
   the report, the ImageFolder export and MLflow records;
 - `dvc repro` runs it in a temp git repo; after one distill parameter changes, only distill
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_support import make_project, project_env, tool
+from pipeline_support import ROOT, make_project, project_env, tool
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -80,8 +81,21 @@ def _covers(dep: str, path: str) -> bool:
     return path == dep or path.startswith(dep.rstrip("/") + "/")
 
 
-def test_snakefile_and_dvc_yaml_describe_the_same_pipeline(tmp_path):
-    root = make_project(tmp_path / "p", tiny=False)  # the default matrix
+# (experiment overrides, expected job count per rule): the default matrix, and two datasets x
+# one method x three ipcs
+MATRICES = {
+    "default": ({}, {"download": 1, "zca": 1, "distill": 6, "evaluate": 6, "visualize": 6, "evaluate_random": 2,
+                     "evaluate_full": 1, "accuracy": 1, "report": 1}),
+    "two-datasets-one-method": ({"datasets": ["digits", "cifar10"], "methods": ["datadam"], "ipcs": [1, 10, 50]},
+                                {"download": 2, "zca": 2, "distill": 6, "evaluate": 6, "visualize": 6,
+                                 "evaluate_random": 6, "evaluate_full": 2, "accuracy": 2, "report": 1}),
+}
+
+
+@pytest.mark.parametrize("matrix", list(MATRICES))
+def test_snakefile_and_dvc_yaml_describe_the_same_pipeline(tmp_path, matrix):
+    experiment, counts = MATRICES[matrix]
+    root = make_project(tmp_path / "p", {"experiment": experiment} if experiment else None, tiny=False)
     snake = snakemake_jobs(root)
     dvc = dvc_stages(root)
     assert set(snake) == set(dvc), f"commands differ: {set(snake) ^ set(dvc)}"
@@ -96,10 +110,25 @@ def test_snakefile_and_dvc_yaml_describe_the_same_pipeline(tmp_path):
         assert not uncovered, f"{cmd}: Snakefile inputs missing from dvc.yaml: {uncovered}"
         unused = {d for d in st["deps"] if not any(_covers(d, p) for p in job["inputs"])}
         assert not unused, f"{cmd}: dvc.yaml deps missing from the Snakefile: {unused}"
-    # the default matrix: 3 methods x 2 ipcs distilled, evaluated and drawn, both baselines
     rules = [j["rule"] for j in snake.values()]
-    assert rules.count("distill") == 6 and rules.count("evaluate") == 6 and rules.count("visualize") == 6
-    assert rules.count("evaluate_random") == 2 and rules.count("evaluate_full") == 1
+    assert {r: rules.count(r) for r in set(rules)} == counts
+
+
+def test_each_stage_depends_on_the_code_it_imports():
+    # dvc.yaml spells out the atom/ and stages/ files each stage imports (transitively); the
+    # Snakefile computes the same lists with stages.layout.code_deps
+    from stages import layout
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(dvc) == set(layout.STAGES)
+    for name, stage in dvc.items():
+        deps = (stage.get("do") or stage)["deps"]
+        code = [d for d in deps if d.startswith(("atom", "stages"))]
+        assert code == layout.code_deps(name), name
+    # narrower than the whole library: no stage but visualize/accuracy/distill runs viz.py,
+    # and downloading runs no preprocessing code
+    assert "atom/viz.py" not in layout.code_deps("evaluate") and "atom/preprocess.py" not in layout.code_deps("download")
+    assert "atom/viz.py" in layout.code_deps("visualize") and "stages/visualize.py" in layout.code_deps("accuracy")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,125 @@
+"""One source per fact: where a fact must have two copies (a torch-free one for the workflow
+files, a schema for params.yaml), every copy agrees with its source."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import yaml
+
+from pipeline_support import ROOT
+from stages import layout, report
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return yaml.safe_load((ROOT / "schemas/params.schema.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_every_copy_of_the_method_list_equals_atom_losses_methods(schema):
+    from atom.losses import METHOD_DEFAULTS, METHODS
+
+    assert layout.METHODS == METHODS and tuple(METHOD_DEFAULTS) == METHODS
+    d = schema["$defs"]
+    top = schema["properties"]["distill"]["allOf"][1]["properties"]["loss"]
+    copies = {
+        "schema experiment.methods": schema["properties"]["experiment"]["properties"]["methods"]["items"]["enum"],
+        "schema distill.loss keys": list(d["distill"]["properties"]["loss"]["properties"]),
+        "schema distill.loss required": top["required"],
+        "schema distill.loss required keys": list(top["properties"]),
+        "schema paper.methods keys": list(d["paper"]["properties"]["methods"]["properties"]),
+        "stages.report labels": [k for k in report.LABELS if k not in layout.BASELINES],
+    }
+    for where, copy in copies.items():
+        assert tuple(copy) == METHODS, where
+    assert tuple(schema["properties"]["experiment"]["properties"]["baselines"]["items"]["enum"]) == layout.BASELINES
+    assert tuple(report.LABELS) == METHODS + layout.BASELINES
+    # the Snakefile takes its wildcard constraint from stages.layout instead of spelling it out
+    assert '"|".join(layout.METHODS)' in (ROOT / "Snakefile").read_text()
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    if "$ref" in node:
+        return _resolve(schema, schema["$defs"][node["$ref"].split("/")[-1]])
+    if "allOf" in node:
+        return _resolve(schema, node["allOf"][0])
+    return node
+
+
+def _defaults(schema: dict, node: dict, where: tuple = ()):
+    """(params.yaml key path, default) of every `default:` reachable from params.yaml's top-level
+    sections (dataset groups only hold overrides of these)."""
+    node = _resolve(schema, node)
+    if "default" in node:
+        yield where, node
+    for name, sub in (node.get("properties") or {}).items():
+        if where == () and name == "datasets":
+            continue
+        yield from _defaults(schema, sub, where + (name,))
+
+
+def _library_default(where: tuple):
+    """The library's default for a params.yaml key, or ``...`` where the library has none."""
+    from atom.augment import DSAParams
+    from atom.distill import DistillConfig
+    from atom.evaluate import evaluate
+    from atom.training import EvalConfig
+
+    classes = {"distill": DistillConfig, "evaluate": EvalConfig, "dsa": DSAParams}
+    if where == ("evaluate", "batched"):
+        return inspect.signature(evaluate).parameters["batched"].default
+    if where[0] not in classes or len(where) < 2:
+        return ...
+    field = {f.name: f for f in dataclasses.fields(classes[where[0]])}.get(where[1])
+    if field is None:
+        return ...
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    for key in where[2:]:
+        value = value[key]
+    return value
+
+
+def _all_with_default(node):
+    if isinstance(node, dict):
+        if "default" in node:
+            yield node
+        for key, sub in node.items():
+            if key not in ("default", "enum"):
+                yield from _all_with_default(sub)
+    elif isinstance(node, list):
+        for sub in node:
+            yield from _all_with_default(sub)
+
+
+def test_every_schema_default_equals_params_yaml_and_the_library_default(schema, params):
+    found = list(_defaults(schema, schema))
+    # every `default:` in the schema is reached (none hides where this walk does not look)
+    assert {id(n) for n in _all_with_default(schema)} == {id(n) for _, n in found}
+    checked = 0
+    for where, node in found:
+        default = node["default"]
+        value = params
+        for key in where:
+            value = value[key]
+        assert value == default, f"{'.'.join(where)}: schema default {default!r}, params.yaml {value!r}"
+        lib = _library_default(where)
+        if lib is not ...:
+            checked += 1
+            assert lib == default, f"{'.'.join(where)}: schema default {default!r}, library default {lib!r}"
+    assert len(found) > 40 and checked > 25
+
+
+def test_loss_constants_in_params_yaml_equal_the_library_defaults(params):
+    from atom.losses import METHOD_DEFAULTS
+
+    for method, terms in params["distill"]["loss"].items():
+        assert terms == {k: METHOD_DEFAULTS[method][k] for k in terms}, method
+    # datadam and dm have no channel term: their p_c and w_c are not spelled out
+    assert {"p_c", "w_c"} <= set(params["distill"]["loss"]["atom"])
+    assert not {"p_c", "w_c"} & (set(params["distill"]["loss"]["datadam"]) | set(params["distill"]["loss"]["dm"]))
