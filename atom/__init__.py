@@ -8,8 +8,8 @@ Public API::
     acc = atom.evaluate(res.images, res.labels, d.test_images, d.test_labels, epochs=300)
     print(acc["mean"], acc["std"])
 
-Submodules: ``data``, ``preprocess``, ``augment``, ``networks``, ``losses``, ``distill``,
-``evaluate``, ``io``. The library takes devices, dtypes and hyperparameters as arguments; it
+Submodules: ``data``, ``imaging``, ``preprocess``, ``augment``, ``networks``, ``losses``,
+``distill``, ``training``, ``evaluate``, ``batched``, ``io``. The library takes devices, dtypes and hyperparameters as arguments; it
 reads no configuration files.
 """
 from .augment import DSA, DSAParams

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .batched import evaluate_batched
-from .distill import check_dataset, random_subset
+from .sets import check_dataset, random_subset
 # the per-seed protocol lives in atom.training; re-exported here, where it was first defined
 from .training import EvalConfig, accuracy, summarize, train_evaluate
 

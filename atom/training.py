@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
-from .distill import check_dataset, resolve_device
+from .sets import check_dataset, resolve_device
 from .networks import ARCHITECTURES, build_network
 from .runtime import tune_allocator
 
