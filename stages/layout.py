@@ -19,7 +19,7 @@ import functools
 from pathlib import Path
 
 __all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "PATTERNS", "STAGES", "pattern", "path", "experiments",
-           "evaluations", "eval_path", "log_path", "benchmark_path", "code_deps"]
+           "evaluations", "eval_path", "log_path", "benchmark_path", "imports", "code_deps"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
@@ -124,7 +124,7 @@ def _is_module(module: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _imports(module: str) -> frozenset[str]:
+def imports(module: str) -> frozenset[str]:
     """The project modules ``module`` imports anywhere in its file (function bodies included)."""
     package = module.split(".")[0]
     found = set()
@@ -149,5 +149,5 @@ def code_deps(stage: str) -> list[str]:
             continue
         seen.add(m)
         todo += [p for p in (m.split(".")[0],) if p != m]
-        todo += _imports(m)
+        todo += imports(m)
     return sorted(str(_module_file(m).relative_to(ROOT)) for m in seen)

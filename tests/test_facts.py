@@ -123,3 +123,29 @@ def test_loss_constants_in_params_yaml_equal_the_library_defaults(params):
     # datadam and dm have no channel term: their p_c and w_c are not spelled out
     assert {"p_c", "w_c"} <= set(params["distill"]["loss"]["atom"])
     assert not {"p_c", "w_c"} & (set(params["distill"]["loss"]["datadam"]) | set(params["distill"]["loss"]["dm"]))
+
+
+def test_no_module_of_the_project_imports_itself_back():
+    modules = [f"{pkg}.{p.stem}" for pkg in ("atom", "stages") for p in (ROOT / pkg).glob("*.py")
+               if p.stem != "__init__"]
+    graph = {m: layout.imports(m) - {"atom", "stages"} for m in modules}
+
+    def reaches(start: str, target: str, seen: set) -> bool:
+        for n in graph[start]:
+            if n == target or (n not in seen and (seen.add(n) or reaches(n, target, seen))):
+                return True
+        return False
+
+    circles = [m for m in modules if reaches(m, m, set())]
+    assert not circles, f"import circle through {circles}"
+    assert "atom.evaluate" not in graph["atom.batched"] and "atom.training" in graph["atom.batched"]
+
+
+def test_the_modules_the_snakefile_imports_load_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, stages.layout, stages.params, stages.runtime, stages.tracking; "
+            "sys.exit(' '.join(sorted({'torch', 'mlflow', 'atom'} & {m.split('.')[0] for m in sys.modules})) or None)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
