@@ -111,10 +111,12 @@ def accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: i
 
 def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
                    num_classes: int | None = None, seed: int = 0, device: str | torch.device = "auto",
-                   config: EvalConfig | None = None, progress: bool = False, **kwargs) -> dict:
+                   config: EvalConfig | None = None, progress: bool = False, return_net: bool = False,
+                   **kwargs) -> dict:
     """Train one fresh network on (train_x, train_y) and return its final test accuracy.
 
-    Returns ``{"accuracy", "train_accuracy", "seconds", "seed"}``.
+    Returns ``{"accuracy", "train_accuracy", "seconds", "seed"}`` (and ``"net"``, the trained
+    network, with ``return_net=True``).
     """
     cfg = config or EvalConfig(**kwargs)
     k, dev = check_train_test(train_x, train_y, test_x, test_y, num_classes, device)
@@ -143,8 +145,11 @@ def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     acc = accuracy(net, test_x, test_y, cfg.eval_batch_size)
     if not math.isfinite(acc):
         raise FloatingPointError("accuracy is not finite")
-    return {"accuracy": acc, "train_accuracy": accuracy(net, train_x, train_y, cfg.eval_batch_size),
-            "seconds": seconds, "seed": seed}
+    out = {"accuracy": acc, "train_accuracy": accuracy(net, train_x, train_y, cfg.eval_batch_size),
+           "seconds": seconds, "seed": seed}
+    if return_net:
+        out["net"] = net
+    return out
 
 
 def summarize(values: list[float]) -> dict:
