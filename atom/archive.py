@@ -25,6 +25,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .io import temp_dir
+
 __all__ = ["ARCHIVE_SUFFIXES", "is_archive", "check_member_name", "safe_extract", "safe_copytree",
            "replace_dir"]
 
@@ -126,7 +128,7 @@ def replace_dir(src: Path, dest: Path) -> None:
 def _atomic_dir(dest: Path, fill: Callable[[Path], Path], prepare: Callable[[Path], None] | None) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = temp_dir(dest.parent, f".{dest.name}.")
     try:
         root = fill(tmp)
         if prepare is not None:

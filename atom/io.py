@@ -1,8 +1,11 @@
 """Atomic file writes, safe tensor loading and checksums.
 
 Everything the project writes goes through these helpers so that an interrupted run never
-leaves a half-written artifact: data is written to a temporary file in the target folder,
-flushed, then renamed over the target (``os.replace`` is atomic on POSIX).
+leaves a half-written artifact: data is written to a temporary file ``.<name>.<random>.tmp``
+in the target folder, fsynced, then renamed over the target (``os.replace`` is atomic on
+POSIX) and the folder fsynced, so a crash or power loss leaves the old file or the new one.
+Files get the mode a plain ``open`` would give (``0o666`` minus the process umask), not
+``mkstemp``'s private ``0o600``, so teammates sharing a machine can read the results.
 """
 from __future__ import annotations
 
@@ -16,7 +19,42 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "save_tensors", "load_tensors", "write_json", "write_text", "sha256", "digest"]
+__all__ = ["atomic_path", "save_tensors", "load_tensors", "write_json", "write_text", "sha256", "digest",
+           "umask", "fsync_path", "temp_dir"]
+
+
+def umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's) data to disk; folders that cannot be opened are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_dir(parent: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """A fresh folder in ``parent`` (``mkdtemp``) with the umask's mode instead of ``0o700``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
 
 
 @contextmanager
@@ -25,32 +63,102 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0o600; follow the umask like open() does
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        fsync_path(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
+_META = "atom.io"  # the one metadata key: the JSON skeleton of everything that is not a tensor
+
+
+def _pack(obj: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``obj`` as JSON, each tensor replaced by ``{"__tensor__": name}`` (stored in ``tensors``)."""
+    if isinstance(obj, torch.Tensor):
+        name = where or "_"
+        while name in tensors:
+            name += "'"
+        t = obj.detach().cpu()
+        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.contiguous().clone()  # a view: safetensors stores whole, unshared storages
+        tensors[name] = t
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _pack(v, f"{where}/{k}" if where else k, tensors) for k, v in obj.items()}
+        return {"__dict__": [[_pack(k, f"{where}/key", tensors), _pack(v, f"{where}/{k}", tensors)]
+                             for k, v in obj.items()]}  # non-string keys (optimizer state: ints)
+    if isinstance(obj, (list, tuple)):
+        items = [_pack(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else {"__tuple__": items}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _pack(obj.item(), where, tensors)
+    raise TypeError(f"save_tensors: cannot store {type(obj).__name__} at {where or 'the top level'!r}; "
+                    "keep to tensors, numbers, strings, None, lists, tuples and dicts")
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__tuple__"}:
+            return tuple(_unpack(v, tensors) for v in obj["__tuple__"])
+        if set(obj) == {"__dict__"}:
+            return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["__dict__"]}
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    return obj
+
+
 def save_tensors(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` ``obj`` atomically. Keep ``obj`` to tensors, numbers, strings, lists
-    and dicts so that :func:`load_tensors` can read it with ``weights_only=True``."""
+    """Save ``obj`` (tensors, numbers, strings, None, lists, tuples, dicts) atomically as a
+    `safetensors <https://huggingface.co/docs/safetensors>`_ file: the tensors by their key path
+    (``state/mean``), everything else as one JSON document in the header's metadata.
+
+    The bytes depend only on ``obj``: the same tensors and values give a byte-identical file
+    (``torch.save`` stamps every file with a random serialisation id), so a rerun with the same
+    inputs does not invalidate DVC's hashes. :func:`load_tensors` reads it back without pickle."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(_pack(obj, "", tensors), sort_keys=True, separators=(",", ":"))
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        save_file(tensors, str(tmp), metadata={_META: skeleton})
     return Path(path)
 
 
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a file written by :func:`save_tensors` without executing pickled code."""
+    """Load a file written by :func:`save_tensors` without executing pickled code (older
+    ``torch.save`` files are read with ``torch.load(weights_only=True)``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or not a torch file
+        if magic == b"PK\x03\x04":  # a torch.save zip archive
+            return torch.load(path, map_location=map_location, weights_only=True)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            if _META not in meta:
+                raise ValueError(f"no {_META!r} metadata (not written by atom.io.save_tensors)")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return _unpack(json.loads(meta[_META]), tensors)
+    except Exception as exc:  # corrupt, truncated, or not a tensor file
         raise ValueError(f"{path}: cannot be loaded as a tensor file ({exc})") from exc
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .io import atomic_path
+from .io import atomic_path, temp_dir
 from .preprocess import inverse
 
 __all__ = ["to_pixels", "class_grid", "save_grid", "export_imagefolder", "plot_loss", "plot_accuracy",
@@ -111,7 +110,7 @@ def export_imagefolder(images: Tensor, labels: Tensor, state: dict | None, out_d
         raise ValueError("classes: two class names map to the same folder name")
     x = to_pixels(images, state)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = temp_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         counts = [0] * k
         for img, y in zip(x, labels.tolist()):
@@ -143,8 +142,11 @@ def _figure():
 
 
 def plot_loss(losses: Sequence[float], path: str | os.PathLike, *, steps: Sequence[int] | None = None,
-              title: str = "distillation loss", dpi: int = 120) -> Path:
-    """Loss against iteration, on a log scale when every value is positive."""
+              title: str = "distillation loss", dpi: int = 120,
+              validation: Sequence[tuple[int, float]] = (), chosen: int | None = None) -> Path:
+    """Loss against iteration, on a log scale when every value is positive; with
+    ``validation`` [(iteration, accuracy %)], the validation curve on a second axis and the
+    ``chosen`` iteration marked."""
     if len(losses) == 0:
         raise ValueError("losses: empty loss curve")
     plt = _figure()
@@ -157,6 +159,15 @@ def plot_loss(losses: Sequence[float], path: str | os.PathLike, *, steps: Sequen
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    if validation:
+        its, accs = zip(*validation)
+        ax2 = ax.twinx()
+        ax2.plot(its, accs, "o-", color="tab:orange", ms=3, lw=1, label="validation accuracy")
+        ax2.set_ylabel("validation accuracy (%)", color="tab:orange")
+        if chosen is not None:
+            ax2.axvline(chosen, color="tab:orange", ls=":", lw=1)
+            ax2.annotate(f"kept: {chosen}", (chosen, max(accs)), fontsize=7, color="tab:orange",
+                         textcoords="offset points", xytext=(3, -10))
     return _save(plt, fig, path, dpi)
 
 

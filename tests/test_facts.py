@@ -149,3 +149,19 @@ def test_the_modules_the_snakefile_imports_load_without_torch():
             "sys.exit(' '.join(sorted({'torch', 'mlflow', 'atom'} & {m.split('.')[0] for m in sys.modules})) or None)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_schema_options_per_loader_equal_atom_data_options(schema):
+    # every loader of atom.data has a closed list of options in the schema, the same keys
+    from atom.data import OPTIONS
+
+    seen = {}
+    for rule in schema["$defs"]["dataset"]["allOf"]:
+        loader = rule["if"]["properties"]["loader"]
+        names = [loader["const"]] if "const" in loader else loader["enum"]
+        ref = rule["then"]["properties"]["options"]["$ref"].split("/")[-1]
+        options = schema["$defs"][ref]
+        assert options["additionalProperties"] is False, ref
+        for name in names:
+            seen[name] = set(options["properties"])
+    assert seen == {name: set(opts) for name, opts in OPTIONS.items()}

@@ -75,6 +75,10 @@ def test_dataset_groups_override_only_their_dataset(params):
     ("experiment.methods", ["atom", "dc"], ["experiment.methods.1"]),
     ("distill.unknown_knob", 1, ["distill", "unknown_knob"]),
     ("experiment.datasets", ["nope"], ["experiment.datasets.0", "nope"]),
+    ("datasets.digits.options.tset_fraction", 0.3, ["datasets.digits.options", "tset_fraction"]),
+    ("datasets.cifar10.options.sorce", "x.tar.gz", ["datasets.cifar10.options", "sorce"]),
+    ("datasets.tinyimagenet.options.test_fraction", 0.2, ["datasets.tinyimagenet.options", "test_fraction"]),
+    ("datasets.cifar10-jpeg.options.mode", "rbg", ["datasets.cifar10-jpeg.options.mode", "rbg"]),
 ])
 def test_bad_values_name_their_key(params, key, value, words):
     bad = copy.deepcopy(params)
@@ -100,13 +104,17 @@ def test_a_stage_with_bad_params_stops_before_any_compute(tmp_path):
     assert not any((root / d).exists() for d in ("data", "results", "logs", "mlflow.db"))
 
 
-def test_snakemake_validates_params_before_scheduling(tmp_path):
-    root = make_project(tmp_path / "p", {"evaluate": {"epochs": 2.5}})
+@pytest.mark.parametrize("bad, words", [
+    ({"evaluate": {"epochs": 2.5}}, ["epochs", "2.5", "integer"]),
+    ({"datasets": {"digits": {"options": {"test_fracton": 0.3}}}}, ["test_fracton", "options"]),
+])
+def test_snakemake_validates_params_before_scheduling(tmp_path, bad, words):
+    root = make_project(tmp_path / "p", bad)
     res = subprocess.run([tool("snakemake"), "-n", "--cores", "1"], cwd=root, env=project_env(root),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     out = res.stdout + res.stderr
-    assert "epochs" in out and "2.5" in out and "integer" in out
+    assert all(w in out for w in words), out[-2000:]
     assert not (root / "results").exists()
 
 
