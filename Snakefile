@@ -105,8 +105,10 @@ rule distill:
         CODE["distill"],
     output:
         P["synthetic"],
+        P["last"],
         P["checkpoint"],
         P["loss_csv"],
+        P["val_curve"],
         P["distill_metrics"],
     params:
         section=lambda w: stage_params(config, "distill", w.dataset),
@@ -160,6 +162,25 @@ rule evaluate_random:
         f"{PY} -m stages.evaluate --dataset {{wildcards.dataset}} --method random --ipc {{wildcards.ipc}}"
 
 
+rule evaluate_selected:
+    input:
+        P["prepared"],
+        CODE["evaluate_selected"],
+    output:
+        layout.pattern(config, "eval_metrics").replace("{method}", "selected"),
+    params:
+        section=lambda w: stage_params(config, "evaluate_selected", w.dataset),
+    log:
+        str(layout.log_path(config, "evaluate", "{dataset}", "selected", "{ipc}")),
+    benchmark:
+        str(layout.benchmark_path(config, "evaluate", "{dataset}", "selected", "{ipc}"))
+    threads: RT["threads"]
+    resources:
+        gpu=GPU,
+    shell:
+        f"{PY} -m stages.evaluate --dataset {{wildcards.dataset}} --method selected --ipc {{wildcards.ipc}}"
+
+
 rule evaluate_full:
     input:
         P["prepared"],
@@ -183,6 +204,7 @@ rule visualize:
     input:
         P["synthetic"],
         P["loss_csv"],
+        P["val_curve"],
         P["state"],
         CODE["visualize"],
     output:

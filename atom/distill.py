@@ -106,7 +106,7 @@ class DistillConfig:
             raise ValueError(f"init: must be one of {INITS}, got {self.init!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        unknown = set(self.init_options) - {"encoder_epochs", "encoder_per_class", "net"}
+        unknown = set(self.init_options) - {"encoder_epochs", "encoder_per_class"}
         if unknown:
             raise ValueError(f"init_options: unknown keys {sorted(unknown)}")
         if self.lr_img is None:
@@ -313,10 +313,8 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     elif cfg.init == "noise":
         syn0 = torch.randn((k * ipc, *images.shape[1:]), generator=g)
     else:  # a selection rule; its own generator is seeded with the same seed
-        opts = dict(cfg.init_options)
-        opts["net"] = dict(cfg.net, **opts.get("net", {}))
         syn0 = images[select(images, labels, ipc, cfg.init, seed=cfg.seed, num_classes=k, device=dev,
-                             progress=progress, **opts)].clone()
+                             progress=progress, net=cfg.net, **cfg.init_options)].clone()
     syn_labels = torch.arange(k).repeat_interleave(ipc)
     syn = syn0.to(dev, dtype).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)

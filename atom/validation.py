@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["validation_split", "BestSnapshot"]
+__all__ = ["validation_split", "carve", "BestSnapshot"]
 
 
 def validation_split(labels: Tensor, per_class: int, seed: int, num_classes: int | None = None
@@ -69,3 +69,13 @@ class BestSnapshot:
     def from_state(cls, state: dict) -> "BestSnapshot":
         curve = [(int(i), float(s)) for i, s in state["curve"].tolist()]
         return cls(int(state["iteration"]), float(state["score"]), state["images"], curve)
+
+
+def carve(images: Tensor, labels: Tensor, per_class: int, seed: int, num_classes: int | None = None
+          ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """(train images, train labels, validation images, validation labels) of
+    :func:`validation_split`; ``per_class=0`` keeps every image for training (no validation)."""
+    if per_class == 0:
+        return images, labels, None, None
+    tr, va = validation_split(labels, per_class, seed, num_classes)
+    return images[tr], labels[tr], images[va], labels[va]

@@ -1,16 +1,19 @@
 """One cell of the distillation ablation: distil with validation-selected iterations, then
 evaluate the chosen set on the test set.
 
-    python scripts/ablation.py --prepared data/prepared/cifar10-jpeg.pt --protocol cpu \\
-        --method atom --ipc 10 --name init-herding --set distill.init=herding
+    python scripts/ablation.py --dataset cifar10-jpeg --protocol cpu --method atom --ipc 10 \
+        --name init-herding --set distill.init=herding
 
-The recipe is ``params.yaml``'s ``protocols.<protocol>`` group (distillation, validation and
-evaluation settings) with the ``--set`` overrides applied (dotted keys, YAML values). Every
-choice (the iteration kept, and across cells the recipe) is made on the validation split
-carved from the training set; the test set is read once per cell, after the choice, by the
-final evaluation. ``--method random`` or ``--method selected`` evaluates the initial set
-alone (no distillation). One JSON file per cell lands in ``--out``: the recipe, the
-validation curve, the chosen iteration, per-seed test accuracies, mean, std, n, wall times.
+The recipe is what the pipeline would run for that dataset group under the named protocol
+(``stages.params``: the shared sections, the group's overrides, then ``protocols.<protocol>``),
+with the ``--set`` overrides applied to the resolved ``distill`` / ``evaluate`` / ``validation``
+settings (dotted keys, YAML values). Every choice (the iteration kept, and across cells the
+recipe) is made on the validation split carved from the training set; the test set is read
+once per cell, after the choice, by the final evaluation. ``--method random`` or
+``--method selected`` evaluates an initial set alone (no distillation). One JSON file per
+cell lands in ``--out``: the resolved recipe, the validation curve, the chosen iteration,
+per-seed test accuracies, mean, std, n, wall times. ``--prepared`` defaults to the zca stage's
+output for the dataset (run ``python -m stages.download`` and ``python -m stages.zca`` first).
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,8 @@ from atom.io import load_tensors, write_json  # noqa: E402
 from atom.selection import select  # noqa: E402
 from atom.sets import random_subset  # noqa: E402
 from atom.validation import validation_split  # noqa: E402
+from stages.layout import METHODS, path  # noqa: E402
+from stages.params import distill_kwargs, evaluate_settings, load_params, section  # noqa: E402
 
 
 def set_key(d: dict, dotted: str, value) -> None:
@@ -44,62 +48,85 @@ def set_key(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prepared", required=True, help="a zca stage output (<dataset>.pt)")
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--protocol", default="cpu")
-    ap.add_argument("--method", required=True, help="atom | datadam | dm | random | selected")
-    ap.add_argument("--ipc", type=int, required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", default=str(ROOT / "results" / "ablation"))
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    params = yaml.safe_load(Path(a.params).read_text())
-    recipe = copy.deepcopy(params["protocols"][a.protocol])
-    for kv in a.set:
-        key, _, value = kv.partition("=")
-        set_key(recipe, key, yaml.safe_load(value))
-    torch.manual_seed(0)  # nothing should draw from it; set so a stray draw is at least repeatable
-
-    data = load_tensors(a.prepared)
+def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu") -> dict:
+    """Distil (or select) on the training part of ``data`` with ``recipe``, keep the
+    validation-selected set, evaluate it on the test set; return the record."""
     x, y = data["train_images"], data["train_labels"]
+    k = len(data["classes"])
     val = recipe["validation"]
-    tr, va = validation_split(y, val["per_class"], val["seed"])
+    tr, va = validation_split(y, val["per_class"], val["seed"], k)
     xt, yt, xv, yv = x[tr], y[tr], x[va], y[va]
-    ev = recipe["evaluate"]
-    vev = dict(ev, **{k: v for k, v in val.items() if k not in ("per_class", "seed", "seeds")})
+    ev = {key: v for key, v in recipe["evaluate"].items() if key != "seeds"}
+    vev = dict(ev, **{key: v for key, v in val.items() if key not in ("per_class", "seed", "seeds")})
     dcfg = dict(recipe["distill"])
-    seed = dcfg.pop("seed", 0)
+    seed = dcfg.pop("seed")
 
     def validator(images, labels):
-        return evaluate(images, labels, xv, yv, seeds=val["seeds"], device="cpu", progress=False, **vev)["mean"]
+        return evaluate(images, labels, xv, yv, seeds=val["seeds"], num_classes=k, device=device,
+                        progress=False, **vev)["mean"]
 
     t0 = time.perf_counter()
-    out = {"name": a.name, "method": a.method, "ipc": a.ipc, "protocol": a.protocol, "recipe": recipe,
-           "overrides": a.set, "threads": torch.get_num_threads()}
-    if a.method in ("random", "selected"):
-        if a.method == "random":
-            idx = random_subset(yt, a.ipc, torch.Generator().manual_seed(seed), 10)
+    out = {"method": method, "ipc": ipc, "recipe": recipe, "threads": torch.get_num_threads(), "device": device}
+    if method in ("random", "selected"):
+        if method == "random":
+            idx = random_subset(yt, ipc, torch.Generator().manual_seed(seed), k)
         else:
-            opts = dict(dcfg.get("init_options", {}))
-            opts["net"] = dict(dcfg["net"], **opts.get("net", {}))
-            idx = select(xt, yt, a.ipc, dcfg["init"], seed=seed, device="cpu", **opts)
+            idx = select(xt, yt, ipc, dcfg["init"], seed=seed, num_classes=k, device=device, net=dcfg["net"],
+                         **dcfg.get("init_options", {}))
         syn_x, syn_y = xt[idx], yt[idx]
         out["val_curve"] = [[0, validator(syn_x, syn_y)]]
         out["best_iteration"] = 0
     else:
-        res = distill(xt, yt, ipc=a.ipc, method=a.method, device="cpu", progress=False, seed=seed,
+        res = distill(xt, yt, ipc=ipc, method=method, num_classes=k, device=device, progress=False, seed=seed,
                       validator=validator, **dcfg)
         syn_x, syn_y = res.best_images, res.labels
         out.update(val_curve=res.val_curve, best_iteration=res.best_iteration, losses=res.losses,
                    distill_seconds=res.seconds)
     out["select_seconds"] = time.perf_counter() - t0
-    r = evaluate(syn_x, syn_y, data["test_images"], data["test_labels"], device="cpu", progress=False, **ev)
+    r = evaluate(syn_x, syn_y, data["test_images"], data["test_labels"], seeds=recipe["evaluate"]["seeds"],
+                 num_classes=k, device=device, progress=False, **ev)
     out.update(test=r["per_seed"], mean=r["mean"], std=r["std"], n=r["n"], seconds=time.perf_counter() - t0)
-    path = Path(a.out) / f"{a.method}-ipc{a.ipc}-{a.name}.json"
-    write_json(out, path)
+    return out
+
+
+def recipe_for(params: dict, dataset: str, method: str, protocol: str | None) -> dict:
+    """The resolved distill / evaluate / validation settings the pipeline would use."""
+    params = copy.deepcopy(params)
+    if protocol is not None:
+        params["datasets"][dataset]["protocol"] = protocol
+    seeds, ev, _ = evaluate_settings(params, dataset, method if method in METHODS else "random")
+    dcfg = distill_kwargs(params, dataset, method if method in METHODS else METHODS[0])
+    return {"distill": dcfg, "evaluate": dict(ev, seeds=seeds), "validation": section(params, "validation", dataset)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="cifar10-jpeg", help="a key of params.yaml's datasets")
+    ap.add_argument("--prepared", help="the zca stage's output (default: <paths.prepared>/<dataset>.pt)")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--protocol", default="cpu", help="a key of params.yaml's protocols ('none': the group's own)")
+    ap.add_argument("--method", required=True, help="atom | datadam | dm | random | selected")
+    ap.add_argument("--ipc", type=int, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", default=str(ROOT / "results" / "ablation"))
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    params = load_params(a.params)
+    if a.dataset not in params["datasets"]:
+        raise SystemExit(f"--dataset: {a.dataset!r} is not a key of datasets in {a.params}")
+    recipe = recipe_for(params, a.dataset, a.method, None if a.protocol == "none" else a.protocol)
+    for kv in a.set:
+        key, sep, value = kv.partition("=")
+        if not sep or key.split(".")[0] not in recipe:
+            raise SystemExit(f"--set: expected distill.KEY=VALUE, evaluate.KEY=VALUE or validation.KEY=VALUE, got {kv!r}")
+        set_key(recipe, key, yaml.safe_load(value))
+    prepared = a.prepared or path(params, "prepared", dataset=a.dataset)
+    out = {"name": a.name, "dataset": a.dataset, "protocol": a.protocol, "overrides": a.set,
+           **run_cell(load_tensors(prepared), recipe, a.method, a.ipc, device=a.device)}
+    dest = Path(a.out) / f"{a.method}-ipc{a.ipc}-{a.name}.json"
+    write_json(out, dest)
     print(json.dumps({k: out[k] for k in ("name", "method", "ipc", "best_iteration", "mean", "std", "n", "seconds")}
                      | {"val": out["val_curve"]}), flush=True)
 

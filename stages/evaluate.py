@@ -4,8 +4,12 @@
     python -m stages.evaluate --dataset digits --method random --ipc 10  # random real subset
     python -m stages.evaluate --dataset digits --method full             # whole training set
 
+    python -m stages.evaluate --dataset digits --method selected --ipc 10 # the selection init
+
 The random baseline draws ``ipc`` real images per class with ``runtime.seed``, the same draw
-distillation starts from. Settings: the ``evaluate`` section merged with the dataset group's
+the real initialisation makes; the selected baseline is the set ``distill.init``'s selection
+rule picks (herding when init is real or noise), the set distillation starts from. Both draw
+from the training part of the validation split (``validation``), as distillation does. Settings: the ``evaluate`` section merged with the dataset group's
 overrides (``evaluate.full`` applies to the full baseline); ``evaluate.batched`` is passed to
 the evaluator only when true. Writes ``<paths.results>/evaluate/<dataset>/<method>/ipc<k>/
 metrics.json`` (``.../full/metrics.json``): every per-seed accuracy, mean, std, n.
@@ -18,7 +22,7 @@ import sys
 
 from . import runtime
 from .layout import BASELINES, METHODS, eval_path
-from .params import evaluate_settings
+from .params import evaluate_settings, section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,9 +44,22 @@ def main(argv: list[str] | None = None) -> None:
     if st.method in METHODS:
         syn = load_tensors(st.path("synthetic"))
         train_x, train_y = syn["images"], syn["labels"]
-    else:
-        train_x, train_y = baseline_set(st.method, prep["train_images"], prep["train_labels"], ipc=st.ipc,
-                                           seed=st.params["runtime"]["seed"], num_classes=k)
+    elif st.method == "full":
+        train_x, train_y = prep["train_images"], prep["train_labels"]
+    else:  # random, selected: from distillation's training part, with distillation's seed
+        from atom.selection import select
+        from atom.validation import carve
+
+        val, seed = section(st.params, "validation", st.dataset), st.params["runtime"]["seed"]
+        pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"], k)
+        if st.method == "random":
+            train_x, train_y = baseline_set("random", pool_x, pool_y, ipc=st.ipc, seed=seed, num_classes=k)
+        else:
+            dist = section(st.params, "distill", st.dataset)
+            rule = dist["init"] if dist["init"] in ("herding", "kcenter") else "herding"
+            idx = select(pool_x, pool_y, st.ipc, rule, seed=seed, num_classes=k, device=st.resolved_device(),
+                         net=dist["net"], **dist["init_options"])
+            train_x, train_y = pool_x[idx], pool_y[idx]
     device = st.resolved_device()
     extra = {"batched": True} if batched else {}
     st.log.info("evaluating %s/%s ipc %s: %d images, seeds %s, %s", st.dataset, st.method, st.ipc,

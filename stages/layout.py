@@ -19,16 +19,16 @@ import functools
 from pathlib import Path
 
 __all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "PATTERNS", "STAGES", "pattern", "path", "experiments",
-           "evaluations", "eval_path", "log_path", "benchmark_path", "imports", "code_deps"]
+           "evaluations", "eval_path", "nas_shards", "log_path", "benchmark_path", "imports", "code_deps"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
 METHODS = ("atom", "datadam", "dm")
-BASELINES = ("random", "full")
+BASELINES = ("random", "selected", "full")
 
 # Every file the pipeline writes, as patterns. `{raw}`, `{prepared}`, `{results}` and `{logs}`
-# come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` are the experiment's
-# wildcards (the Snakefile keeps them as wildcards, the stages fill them in).
+# come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` (and `{shard}`, a NAS shard)
+# are the experiment's wildcards (the Snakefile keeps them as wildcards, the stages fill them in).
 PATTERNS = {
     "raw": "{raw}/{dataset}",
     "download_metrics": "{results}/download/{dataset}.json",
@@ -38,7 +38,9 @@ PATTERNS = {
     "distill_dir": "{results}/distill/{dataset}/{method}/ipc{ipc}",
     "synthetic": "{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt",
     "checkpoint": "{results}/distill/{dataset}/{method}/ipc{ipc}/checkpoint.pt",
+    "last": "{results}/distill/{dataset}/{method}/ipc{ipc}/last.pt",
     "loss_csv": "{results}/distill/{dataset}/{method}/ipc{ipc}/loss.csv",
+    "val_curve": "{results}/distill/{dataset}/{method}/ipc{ipc}/val_curve.csv",
     "distill_metrics": "{results}/distill/{dataset}/{method}/ipc{ipc}/metrics.json",
     "eval_metrics": "{results}/evaluate/{dataset}/{method}/ipc{ipc}/metrics.json",
     "eval_full": "{results}/evaluate/{dataset}/full/metrics.json",
@@ -47,20 +49,26 @@ PATTERNS = {
     "images": "{results}/visualize/{dataset}/{method}/ipc{ipc}/images",
     "accuracy_png": "{results}/visualize/{dataset}/accuracy.png",
     "accuracy_csv": "{results}/visualize/{dataset}/accuracy.csv",
+    "crossarch": "{results}/crossarch/{dataset}/ipc{ipc}/metrics.json",
+    "nas_shard": "{results}/nas/{dataset}/shard{shard}.json",
+    "nas_json": "{results}/nas_merge/{dataset}/metrics.json",
+    "nas_csv": "{results}/nas_merge/{dataset}/candidates.csv",
+    "nas_png": "{results}/nas_merge/{dataset}/scatter.png",
     "summary_md": "{results}/report/summary.md",
     "summary_json": "{results}/report/summary.json",
 }
 
 # Snakemake rule / dvc.yaml stage -> the module it runs (`python -m stages.<module>`).
 STAGES = {"download": "download", "zca": "zca", "distill": "distill", "evaluate": "evaluate",
-          "evaluate_random": "evaluate", "evaluate_full": "evaluate", "visualize": "visualize",
-          "accuracy": "visualize", "report": "report"}
+          "evaluate_random": "evaluate", "evaluate_selected": "evaluate", "evaluate_full": "evaluate", "visualize": "visualize",
+          "accuracy": "visualize", "crossarch": "crossarch", "nas": "nas", "nas_merge": "nas_merge",
+          "report": "report"}
 
 
 def pattern(params: dict, key: str) -> str:
     """A path pattern with `paths` filled in and the wildcards left as ``{dataset}`` etc."""
     p = params["paths"]
-    keep = {w: "{" + w + "}" for w in ("dataset", "method", "ipc")}
+    keep = {w: "{" + w + "}" for w in ("dataset", "method", "ipc", "shard")}
     return PATTERNS[key].format(raw=p["raw"], prepared=p["prepared"], results=p["results"], logs=p["logs"], **keep)
 
 
@@ -75,14 +83,20 @@ def experiments(params: dict) -> list[tuple[str, str, int]]:
 
 
 def evaluations(params: dict, dataset: str) -> list[tuple[str, int | None]]:
-    """(kind, ipc) of every evaluation of ``dataset``: methods and random per ipc, full once."""
+    """(kind, ipc) of every evaluation of ``dataset``: methods, random and selected per ipc, full once."""
     e = params["experiment"]
     out = [(m, k) for m in e["methods"] for k in e["ipcs"]]
-    if "random" in e["baselines"]:
-        out += [("random", k) for k in e["ipcs"]]
+    for kind in ("random", "selected"):
+        if kind in e["baselines"]:
+            out += [(kind, k) for k in e["ipcs"]]
     if "full" in e["baselines"]:
         out.append(("full", None))
     return out
+
+
+def nas_shards(params: dict) -> list[int]:
+    """Shard indices of the NAS stage: 0 .. nas.shards - 1."""
+    return list(range(params["nas"]["shards"]))
 
 
 def eval_path(params: dict, dataset: str, kind: str, ipc: int | None) -> Path:

@@ -68,8 +68,21 @@ def check_params(params: dict, source: str = PARAMS) -> None:
         if name not in params["datasets"]:
             raise ParamsError(f"{source}: experiment.datasets.{i}: {name!r} is not a key of `datasets` "
                               f"(available: {sorted(params['datasets'])})")
+    for name, ds in params["datasets"].items():
+        if ds.get("protocol") is not None and ds["protocol"] not in params["protocols"]:
+            raise ParamsError(f"{source}: datasets.{name}.protocol: {ds['protocol']!r} is not a key of "
+                              f"`protocols` (available: {sorted(params['protocols'])})")
     if not exp["methods"] and not exp["baselines"]:
         raise ParamsError(f"{source}: experiment.methods: no method and no baseline to run")
+    for sec in ("crossarch", "nas"):
+        for i, ipc in enumerate(params[sec]["ipcs"]):
+            if ipc not in exp["ipcs"]:
+                raise ParamsError(f"{source}: {sec}.ipcs.{i}: {ipc} is not in experiment.ipcs {exp['ipcs']} "
+                                  f"(its sets are made there)")
+    for name in exp["datasets"]:
+        if section(params, "validation", name)["per_class"] < 1:
+            raise ParamsError(f"{source}: validation.per_class: the nas stage ranks candidates on the validation "
+                              f"split; dataset {name!r} has none (per_class 0)")
     for name in exp["datasets"]:
         ds = params["datasets"][name]
         for sec in ("distill", "evaluate"):
@@ -98,12 +111,23 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+MERGED = ("distill", "evaluate", "validation")  # sections a dataset group and a protocol override
+
+
+def protocol(params: dict, dataset: str) -> str | None:
+    """The name of the protocol the dataset group selects (None: none)."""
+    return params["datasets"][dataset].get("protocol")
+
+
 def section(params: dict, name: str, dataset: str | None = None) -> dict:
-    """A top-level section with the dataset group's overrides merged in (``distill``, ``evaluate``)."""
+    """A top-level section with the dataset group's overrides merged in, then its protocol's
+    (``distill``, ``evaluate``, ``validation``): a protocol is the deliberate last word."""
     base = params[name]
-    if dataset is None or name not in ("distill", "evaluate"):
+    if dataset is None or name not in MERGED:
         return copy.deepcopy(base)
-    return merge(base, params["datasets"][dataset].get(name) or {})
+    out = merge(base, params["datasets"][dataset].get(name) or {})
+    proto = protocol(params, dataset)
+    return merge(out, params["protocols"][proto].get(name) or {}) if proto else out
 
 
 def distill_kwargs(params: dict, dataset: str, method: str) -> dict:
@@ -136,19 +160,30 @@ def stage_params(params: dict, stage: str, dataset: str | None = None) -> dict:
         return {"loader": ds["loader"], "options": ds["options"]}
     if stage == "zca":
         return {"loader": ds["loader"], "options": ds["options"], "preprocess": ds["preprocess"]}
-    if stage == "distill":
-        return {"distill": params["distill"], "dsa": params["dsa"], "seed": params["runtime"]["seed"],
-                "override": ds.get("distill")}
+    if stage == "distill":  # the validation evaluator is the evaluate section with validation's epochs
+        return {"distill": section(params, "distill", dataset), "dsa": params["dsa"],
+                "seed": params["runtime"]["seed"], "evaluate": section(params, "evaluate", dataset),
+                "validation": section(params, "validation", dataset), "protocol": protocol(params, dataset)}
     if stage in ("evaluate", "evaluate_full"):
-        return {"evaluate": params["evaluate"], "dsa": params["dsa"], "override": ds.get("evaluate")}
-    if stage == "evaluate_random":
-        return {"evaluate": params["evaluate"], "dsa": params["dsa"], "seed": params["runtime"]["seed"],
-                "override": ds.get("evaluate")}
+        return {"evaluate": section(params, "evaluate", dataset), "dsa": params["dsa"],
+                "protocol": protocol(params, dataset)}
+    if stage in ("evaluate_random", "evaluate_selected"):  # drawn from the training part of the split
+        return {"evaluate": section(params, "evaluate", dataset), "dsa": params["dsa"],
+                "seed": params["runtime"]["seed"], "validation": section(params, "validation", dataset),
+                "protocol": protocol(params, dataset),
+                **({"distill": section(params, "distill", dataset)} if stage == "evaluate_selected" else {})}
+    if stage in ("crossarch", "nas"):  # sets from distill and the random draw; the evaluate protocol
+        return {sec: section(params, sec, dataset) for sec in (stage, "evaluate", "validation")} | {
+            "dsa": params["dsa"], "seed": params["runtime"]["seed"], "methods": params["experiment"]["methods"],
+            "protocol": protocol(params, dataset)}
+    if stage == "nas_merge":
+        return {"nas": params["nas"], "methods": params["experiment"]["methods"], "visualize": params["visualize"]}
     if stage == "visualize":
         return {"visualize": params["visualize"]}
     if stage == "accuracy":
         return {"visualize": params["visualize"], "experiment": params["experiment"]}
     if stage == "report":
-        return {"experiment": params["experiment"], "report": params["report"],
+        return {"experiment": params["experiment"], "report": params["report"], "crossarch": params["crossarch"],
+                "nas": params["nas"],
                 "paper": {d: params["datasets"][d]["paper"] for d in params["experiment"]["datasets"]}}
     raise ValueError(f"stage: unknown stage {stage!r}")

@@ -2,7 +2,8 @@
 
     python -m stages.visualize --dataset digits --method atom --ipc 10
         -> <paths.results>/visualize/digits/atom/ipc10/grid.png   (a row per class, through
-           the exact inverse preprocessing), loss.png, images/<class>/<n>.png (ImageFolder)
+           the exact inverse preprocessing), loss.png (with the validation curve and the
+           iteration kept), images/<class>/<n>.png (ImageFolder)
     python -m stages.visualize --dataset digits
         -> <paths.results>/visualize/digits/accuracy.png, accuracy.csv (accuracy vs ipc for
            every method and baseline in the experiment matrix)
@@ -34,8 +35,11 @@ def experiment_pictures(st: runtime.Stage) -> None:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{st.path('loss_csv')}: no loss values")
+    with open(st.path("val_curve")) as f:
+        val = [(int(r["iteration"]), float(r["accuracy"])) for r in csv.DictReader(f)]
     loss = viz.plot_loss([float(r["loss"]) for r in rows], st.path("loss_png"),
-                         steps=[int(r["iteration"]) for r in rows],
+                         steps=[int(r["iteration"]) for r in rows], validation=val,
+                         chosen=int(syn["iteration"]) if val else None,
                          title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
     folder = viz.export_imagefolder(syn["images"], syn["labels"], prep["state"], st.path("images"),
                                     classes=prep["classes"], scale=vz["png_scale"])
