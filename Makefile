@@ -2,6 +2,7 @@
 # make test  : the test suite
 # make ui    : the MLflow UI on 127.0.0.1
 # make bench : side-by-side speed benchmarks
+# make slurm : the pipeline on a SLURM cluster (profiles/slurm; needs the [slurm] extra)
 # Each target creates .venv (pip) when it is missing.
 PYTHON ?= python3
 VENV   := .venv
@@ -10,17 +11,22 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 PORT   ?= 5000
 
-.PHONY: run test test-slow ui bench venv clean
+.PHONY: run test test-slow ui bench venv clean slurm
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,pipeline]'
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+# the pipeline on a SLURM cluster; needs the plugin: pip install -e '.[slurm]'
+slurm: $(STAMP)
+	@$(PY) -c 'import snakemake_executor_plugin_slurm' 2>/dev/null || { echo "make slurm: the SLURM executor plugin is missing; install it with: $(PY) -m pip install -e '.[slurm]'" >&2; exit 1; }
+	$(VENV)/bin/snakemake --profile profiles/slurm
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
