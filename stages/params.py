@@ -79,6 +79,9 @@ def check_params(params: dict, source: str = PARAMS) -> None:
             if ipc not in exp["ipcs"]:
                 raise ParamsError(f"{source}: {sec}.ipcs.{i}: {ipc} is not in experiment.ipcs {exp['ipcs']} "
                                   f"(its sets are made there)")
+    shards = params["nas"]["shards"]
+    if shards != list(range(len(shards))):
+        raise ParamsError(f"{source}: nas.shards: must be the indices 0 .. S-1 in order, got {shards}")
     for name in exp["datasets"]:
         if section(params, "validation", name)["per_class"] < 1:
             raise ParamsError(f"{source}: validation.per_class: the nas stage ranks candidates on the validation "
@@ -183,7 +186,8 @@ def stage_params(params: dict, stage: str, dataset: str | None = None) -> dict:
     if stage == "accuracy":
         return {"visualize": params["visualize"], "experiment": params["experiment"]}
     if stage == "report":
-        return {"experiment": params["experiment"], "report": params["report"], "crossarch": params["crossarch"],
+        return {"experiment": params["experiment"], "report": params["report"], "protocols": params["protocols"],
+                "validation": {d: section(params, "validation", d) for d in params["experiment"]["datasets"]}, "crossarch": params["crossarch"],
                 "nas": params["nas"],
                 "paper": {d: params["datasets"][d]["paper"] for d in params["experiment"]["datasets"]}}
     raise ValueError(f"stage: unknown stage {stage!r}")

@@ -5,8 +5,10 @@
 Reads every evaluation (``<paths.results>/evaluate/...``) and distillation metrics file of the
 experiment matrix and writes ``<paths.results>/report/summary.md`` (per dataset: methods and
 baselines x ipc as mean +- std over n seeds, the paper's numbers from the spec's section 8
-where the dataset has them, and the ordering checks) and ``summary.json`` (the same, with
-every per-seed value). MLflow: one `report` run per dataset with the means and both files.
+where the dataset has them, the ordering checks, the method x architecture table of the
+crossarch stage and the NAS table of nas_merge: :mod:`stages.tables`) and ``summary.json`` (the same, with
+every per-seed value), and ``summary.csv`` (the results table, one row per evaluation, for
+Snakemake's ``--report``). MLflow: one `report` run per dataset with the means and the files.
 """
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ import argparse
 import json
 import sys
 
-from . import runtime
+from . import runtime, tables
 from .layout import METHODS, PARAMS, eval_path, evaluations, experiments, path
-from .params import section
+from .params import protocol, section
 from .tracking import git_commit
 
 # display names of layout.METHODS + layout.BASELINES (a test checks the keys); the order of
 # METHODS + random is the ordering the paper reports
-LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real", "full": "whole training set"}
+LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real",
+          "selected": "selected real (distillation's start)", "full": "whole training set"}
 RANKED = METHODS + ("random",)
 
 
@@ -34,15 +37,18 @@ def _cell(r: dict | None, dec: int) -> str:
 def collect(params: dict, dataset: str) -> dict:
     rows = []
     for kind, ipc in evaluations(params, dataset):
-        m = json.loads(eval_path(params, dataset, kind, ipc).read_text())
+        m = {**json.loads(eval_path(params, dataset, kind, ipc, info=True).read_text()),
+             **json.loads(eval_path(params, dataset, kind, ipc).read_text())}
+        m["per_seed"] = [m["per_seed"][str(seed)] for seed in m["seeds"]]  # metrics key it by seed
         rows.append({k: m.get(k) for k in ("method", "ipc", "mean", "std", "n", "seeds", "per_seed", "n_train",
                                             "epochs", "scheduler")})
     distilled = []
     for d, method, ipc in experiments(params):
         if d == dataset:
-            m = json.loads(path(params, "distill_metrics", dataset=d, method=method, ipc=ipc).read_text())
-            distilled.append({k: m.get(k) for k in ("method", "ipc", "iterations", "final_loss", "seconds",
-                                                    "seconds_per_iteration", "device")})
+            m = {**json.loads(path(params, "distill_info", dataset=d, method=method, ipc=ipc).read_text()),
+                 **json.loads(path(params, "distill_metrics", dataset=d, method=method, ipc=ipc).read_text())}
+            distilled.append({k: m.get(k) for k in ("method", "ipc", "iterations", "final_loss", "device",
+                                                    "best_iteration", "best_val_accuracy")})
     by = {(r["method"], r["ipc"]): r for r in rows}
     checks = []
     for ipc in params["experiment"]["ipcs"]:
@@ -56,7 +62,8 @@ def collect(params: dict, dataset: str) -> dict:
             order = sorted(present, key=lambda m: -by[(m, ipc)]["mean"])
             checks.append({"check": f"ordering at IPC {ipc}", "order": order,
                            "passed": order == [m for m in RANKED if m in present]})
-    return {"rows": rows, "distill": distilled, "paper": params["datasets"][dataset]["paper"], "checks": checks}
+    return {"rows": rows, "distill": distilled, "paper": params["datasets"][dataset]["paper"], "checks": checks,
+            **tables.collect(params, dataset)}
 
 
 def markdown(params: dict, summary: dict) -> str:
@@ -69,12 +76,23 @@ def markdown(params: dict, summary: dict) -> str:
         by = {(r["method"], r["ipc"]): r for r in s["rows"]}
         ev = section(params, "evaluate", dataset)
         full = by.get(("full", None))
+        proto = protocol(params, dataset)
+        val = section(params, "validation", dataset)
         out += [f"## {dataset}", "",
+                "Protocol: " + (f"`{proto}`, {params['protocols'][proto]['description']}." if proto
+                                else "none (params.yaml's sections with this dataset group's overrides).")
+                + f" Networks: distillation {section(params, 'distill', dataset)['net']}, evaluation {ev['net']}, "
+                f"batch {ev['batch_size']}.",
+                "",
+                ("Iteration kept: the best validation score on "
+                 f"{val['per_class']} training images per class held out of distillation (never the test set)."
+                 if val["per_class"] else "Iteration kept: the last (no validation split)."),
+                "",
                 f"Evaluation: {ev['epochs']} epochs, scheduler `{ev['scheduler']}`, seeds {ev['seeds']}"
                 + (f"; whole set: {full['epochs']} epochs, seeds {full['seeds']}" if full else "") + ".", ""]
         out.append("| method | " + " | ".join(f"IPC {k}" for k in ipcs) + " |")
         out.append("| --- |" + " --- |" * len(ipcs))
-        for m in list(params["experiment"]["methods"]) + [b for b in ("random",) if b in params["experiment"]["baselines"]]:
+        for m in list(params["experiment"]["methods"]) + [b for b in ("random", "selected") if b in params["experiment"]["baselines"]]:
             out.append(f"| {LABELS[m]} | " + " | ".join(_cell(by.get((m, k)), dec) for k in ipcs) + " |")
         if full:
             out.append(f"| {LABELS['full']} ({full['n_train']} images) | "
@@ -96,10 +114,21 @@ def markdown(params: dict, summary: dict) -> str:
                 out.append(f"- {c['check']}: {'yes' if c['passed'] else 'NO'} ({detail})")
         if s["distill"]:
             out += ["", "Distillation: " + ", ".join(
-                f"{LABELS[d['method']]} IPC {d['ipc']} {d['iterations']} it in {d['seconds']:.0f}s"
+                f"{LABELS[d['method']]} IPC {d['ipc']} {d['iterations']} iterations on {d['device']}"
+                + (f" (kept: {d['best_iteration']})" if d.get("best_iteration") is not None else "")
                 for d in s["distill"]) + ".", ""]
-        out.append("")
+        out += [""] + tables.markdown(s, LABELS, dec)
     return "\n".join(out).rstrip() + "\n"
+
+
+def table(params: dict, summary: dict) -> str:
+    """The results table as CSV (dataset, method, ipc, mean, std, n): Snakemake's report shows it."""
+    dec = params["report"]["decimals"]
+    lines = ["dataset,method,ipc,mean,std,n"]
+    for dataset, s in summary["datasets"].items():
+        lines += [f"{dataset},{LABELS[r['method']]},{'all' if r['ipc'] is None else r['ipc']},"
+                  f"{r['mean']:.{dec}f},{r['std']:.{dec}f},{r['n']}" for r in s["rows"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,18 +138,20 @@ def main(argv: list[str] | None = None) -> None:
     st = runtime.Stage("report", args, log_name="summary")
     from atom.io import write_json, write_text
 
-    summary = {"datasets": {d: collect(st.params, d) for d in st.params["experiment"]["datasets"]},
-               "git_commit": git_commit()}
+    # no commit or time stamp: the same results give the same bytes (MLflow tags the commit)
+    summary = {"datasets": {d: collect(st.params, d) for d in st.params["experiment"]["datasets"]}}
     write_json(summary, st.path("summary_json"))
     text = markdown(st.params, summary)
     write_text(text, st.path("summary_md"))
-    st.log.info("wrote %s\n%s", st.path("summary_md"), text)
+    write_text(table(st.params, summary), st.path("summary_csv"))
+    st.log.info("wrote %s (commit %s)\n%s", st.path("summary_md"), git_commit(), text)
     for dataset, s in summary["datasets"].items():
         with st.tracker(dataset).run("report", name=f"report/{dataset}") as run:
             run.log_metrics({f"{r['method']}_{'all' if r['ipc'] is None else 'ipc%d' % r['ipc']}_mean": r["mean"]
                              for r in s["rows"]})
             run.log_artifact(st.path("summary_md"))
             run.log_artifact(st.path("summary_json"))
+            run.log_artifact(st.path("summary_csv"))
 
 
 if __name__ == "__main__":

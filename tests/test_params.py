@@ -46,7 +46,7 @@ def test_every_schema_key_is_described_and_typed():
 def test_default_and_tiny_params_are_valid(params):
     validate_params(tiny_params())
     assert params["experiment"]["methods"] == ["atom", "datadam", "dm"]
-    assert params["experiment"]["baselines"] == ["random", "full"] and params["experiment"]["ipcs"] == [1, 10]
+    assert params["experiment"]["baselines"] == ["random", "selected", "full"] and params["experiment"]["ipcs"] == [1, 10]
     # every dataset group validates once merged into the sections it overrides
     for name in params["datasets"]:
         assert section(params, "distill", name)["iterations"] >= 1
@@ -125,6 +125,12 @@ def test_stage_params_cover_what_each_stage_reads(params):
     assert "distill" not in stage_params(params, "evaluate", "digits")
     assert "seed" in stage_params(params, "evaluate_random", "digits")
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "datasets.${item.dataset}.distill"}
-    assert set(dvc["evaluate"]["params"]) == {"evaluate", "dsa", "datasets.${item.dataset}.evaluate"}
+    # distill validates with the evaluate settings; the protocol and validation split shape both
+    assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "evaluate", "validation", "protocols",
+                                             "datasets.${item.dataset}.distill", "datasets.${item.dataset}.evaluate",
+                                             "datasets.${item.dataset}.validation", "datasets.${item.dataset}.protocol"}
+    assert set(sp) == {"distill", "dsa", "seed", "evaluate", "validation", "protocol"}
+    assert set(dvc["evaluate"]["params"]) == {"evaluate", "dsa", "protocols", "datasets.${item.dataset}.evaluate",
+                                              "datasets.${item.dataset}.protocol"}
+    assert "distill" in stage_params(params, "evaluate_selected", "digits")
     assert Path(ROOT / "tests/params.tiny.yaml").is_file()
