@@ -1,4 +1,4 @@
-# The ATOM pipeline: download -> zca -> distill -> evaluate -> visualize -> report.
+# The ATOM pipeline: download -> zca -> distill -> evaluate, crossarch, nas shards -> nas_merge -> visualize -> report.
 #
 #   snakemake --cores 2                       # everything in params.yaml's experiment matrix
 #   snakemake --profile profiles/local        # the same, with the local profile
@@ -23,6 +23,9 @@ from stages import layout  # noqa: E402
 from stages.params import check_params, stage_params  # noqa: E402
 
 configfile: "params.yaml"
+# `snakemake --report report.html` (or .zip): the results table, the accuracy plot, every
+# synthetic set's grid and its loss/validation curves, captioned from report/*.rst
+report: "report/workflow.rst"
 validate(config, "schemas/params.schema.yaml", set_default=False)
 check_params(config)
 # The stages read params.yaml themselves: refuse --config/--configfile overrides they would miss.
@@ -42,10 +45,17 @@ wildcard_constraints:
     dataset="[A-Za-z0-9_-]+",
     method="|".join(layout.METHODS),
     ipc="[0-9]+",
+    shard="[0-9]+",
 
 
 def evaluations(dataset):
     return [str(layout.eval_path(config, dataset, kind, ipc)) for kind, ipc in layout.evaluations(config, dataset)]
+
+
+def synthetic_sets(dataset, ipcs):
+    """Every method's synthetic set of ``dataset`` at ``ipcs`` (the crossarch and nas inputs)."""
+    return [str(layout.path(config, "synthetic", dataset=dataset, method=m, ipc=k))
+            for m in EXP["methods"] for k in ipcs]
 
 
 def distillations(dataset):
@@ -61,6 +71,7 @@ rule all:
         expand(P["grid"], dataset=EXP["datasets"], method=EXP["methods"], ipc=EXP["ipcs"]),
         expand(P["loss_png"], dataset=EXP["datasets"], method=EXP["methods"], ipc=EXP["ipcs"]),
         expand(P["images"], dataset=EXP["datasets"], method=EXP["methods"], ipc=EXP["ipcs"]),
+        expand(P["nas_png"], dataset=EXP["datasets"]),
 
 
 rule download:
@@ -69,6 +80,7 @@ rule download:
     output:
         directory(P["raw"]),
         P["download_metrics"],
+        P["download_info"],
     params:
         section=lambda w: stage_params(config, "download", w.dataset),
     log:
@@ -88,6 +100,7 @@ rule zca:
         P["prepared"],
         P["state"],
         P["zca_metrics"],
+        P["zca_info"],
     params:
         section=lambda w: stage_params(config, "zca", w.dataset),
     log:
@@ -106,10 +119,10 @@ rule distill:
     output:
         P["synthetic"],
         P["last"],
-        P["checkpoint"],
         P["loss_csv"],
         P["val_curve"],
         P["distill_metrics"],
+        P["distill_info"],
     params:
         section=lambda w: stage_params(config, "distill", w.dataset),
     log:
@@ -130,6 +143,7 @@ rule evaluate:
         CODE["evaluate"],
     output:
         P["eval_metrics"],
+        P["eval_info"],
     params:
         section=lambda w: stage_params(config, "evaluate", w.dataset),
     log:
@@ -149,6 +163,7 @@ rule evaluate_random:
         CODE["evaluate_random"],
     output:
         layout.pattern(config, "eval_metrics").replace("{method}", "random"),
+        layout.pattern(config, "eval_info").replace("{method}", "random"),
     params:
         section=lambda w: stage_params(config, "evaluate_random", w.dataset),
     log:
@@ -168,6 +183,7 @@ rule evaluate_selected:
         CODE["evaluate_selected"],
     output:
         layout.pattern(config, "eval_metrics").replace("{method}", "selected"),
+        layout.pattern(config, "eval_info").replace("{method}", "selected"),
     params:
         section=lambda w: stage_params(config, "evaluate_selected", w.dataset),
     log:
@@ -187,6 +203,7 @@ rule evaluate_full:
         CODE["evaluate_full"],
     output:
         P["eval_full"],
+        P["eval_full_info"],
     params:
         section=lambda w: stage_params(config, "evaluate_full", w.dataset),
     log:
@@ -208,8 +225,10 @@ rule visualize:
         P["state"],
         CODE["visualize"],
     output:
-        P["grid"],
-        P["loss_png"],
+        report(P["grid"], caption="report/grid.rst", category="Synthetic sets", subcategory="{dataset}",
+               labels={"dataset": "{dataset}", "method": "{method}", "ipc": "{ipc}", "figure": "grid"}),
+        report(P["loss_png"], caption="report/loss.rst", category="Curves", subcategory="{dataset}",
+               labels={"dataset": "{dataset}", "method": "{method}", "ipc": "{ipc}", "figure": "loss and validation"}),
         directory(P["images"]),
     params:
         section=lambda w: stage_params(config, "visualize", w.dataset),
@@ -227,7 +246,8 @@ rule accuracy:
         lambda w: evaluations(w.dataset),
         CODE["accuracy"],
     output:
-        P["accuracy_png"],
+        report(P["accuracy_png"], caption="report/accuracy.rst", category="Results", subcategory="{dataset}",
+               labels={"dataset": "{dataset}", "figure": "accuracy by IPC"}),
         P["accuracy_csv"],
     params:
         section=lambda w: stage_params(config, "accuracy", w.dataset),
@@ -240,14 +260,76 @@ rule accuracy:
         f"{PY} -m stages.visualize --dataset {{wildcards.dataset}}"
 
 
+rule crossarch:
+    input:
+        lambda w: synthetic_sets(w.dataset, [w.ipc]),
+        P["prepared"],
+        CODE["crossarch"],
+    output:
+        P["crossarch"],
+    params:
+        section=lambda w: stage_params(config, "crossarch", w.dataset),
+    log:
+        str(layout.log_path(config, "crossarch", "{dataset}", ipc="{ipc}")),
+    benchmark:
+        str(layout.benchmark_path(config, "crossarch", "{dataset}", ipc="{ipc}"))
+    threads: RT["threads"]
+    resources:
+        gpu=GPU,
+    shell:
+        f"{PY} -m stages.crossarch --dataset {{wildcards.dataset}} --ipc {{wildcards.ipc}}"
+
+
+rule nas:
+    input:
+        lambda w: synthetic_sets(w.dataset, config["nas"]["ipcs"]),
+        P["prepared"],
+        CODE["nas"],
+    output:
+        P["nas_shard"],
+    params:
+        section=lambda w: stage_params(config, "nas", w.dataset),
+    log:
+        str(layout.log_path(config, "nas", name="{dataset}-shard{shard}")),
+    benchmark:
+        str(layout.benchmark_path(config, "nas", name="{dataset}-shard{shard}"))
+    threads: RT["threads"]
+    resources:
+        gpu=GPU,
+    shell:
+        f"{PY} -m stages.nas --dataset {{wildcards.dataset}} --shard {{wildcards.shard}}"
+
+
+rule nas_merge:
+    input:
+        lambda w: expand(P["nas_shard"], dataset=w.dataset, shard=layout.nas_shards(config)),
+        CODE["nas_merge"],
+    output:
+        P["nas_json"],
+        P["nas_csv"],
+        P["nas_png"],
+    params:
+        section=lambda w: stage_params(config, "nas_merge", w.dataset),
+    log:
+        str(layout.log_path(config, "nas_merge", "{dataset}")),
+    benchmark:
+        str(layout.benchmark_path(config, "nas_merge", "{dataset}"))
+    threads: RT["threads"]
+    shell:
+        f"{PY} -m stages.nas_merge --dataset {{wildcards.dataset}}"
+
+
 rule report:
     input:
         [evaluations(d) for d in EXP["datasets"]],
         [distillations(d) for d in EXP["datasets"]],
+        expand(P["crossarch"], dataset=EXP["datasets"], ipc=config["crossarch"]["ipcs"]),
+        expand(P["nas_json"], dataset=EXP["datasets"]),
         CODE["report"],
     output:
         P["summary_md"],
         P["summary_json"],
+        report(P["summary_csv"], caption="report/summary.rst", category="Results", labels={"table": "results"}),
     params:
         section=stage_params(config, "report"),
     log:

@@ -27,7 +27,7 @@ from .io import atomic_path, temp_dir
 from .preprocess import inverse
 
 __all__ = ["to_pixels", "class_grid", "save_grid", "export_imagefolder", "plot_loss", "plot_accuracy",
-           "safe_name"]
+           "plot_proxy_scatter", "safe_name"]
 
 
 def to_pixels(images: Tensor, state: dict | None) -> Tensor:
@@ -208,4 +208,28 @@ def plot_accuracy(rows: Sequence[dict], path: str | os.PathLike, *, title: str =
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(plt, fig, path, dpi)
+
+
+def plot_proxy_scatter(points: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                       title: str = "NAS proxy", dpi: int = 120) -> Path:
+    """One panel per proxy: each candidate's accuracy after training on the proxy (x) against
+    after training on the whole set (y); ``points`` maps a label (with its correlations) to
+    (proxy accuracies, whole-data accuracies)."""
+    if not points:
+        raise ValueError("points: nothing to plot")
+    plt = _figure()
+    n = len(points)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (label, (xs, ys)) in zip(axes.flat, points.items()):
+        ax.scatter(list(xs), list(ys), s=12, alpha=0.7)
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel("proxy accuracy (%)", fontsize=8)
+        ax.set_ylabel("whole-data accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
     return _save(plt, fig, path, dpi)

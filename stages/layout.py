@@ -26,24 +26,32 @@ PARAMS = "params.yaml"
 METHODS = ("atom", "datadam", "dm")
 BASELINES = ("random", "selected", "full")
 
-# Every file the pipeline writes, as patterns. `{raw}`, `{prepared}`, `{results}` and `{logs}`
-# come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` (and `{shard}`, a NAS shard)
+# Every file the pipeline writes, as patterns. `{raw}`, `{prepared}`, `{results}`, `{logs}` and
+# `{state}` come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` (and `{shard}`, a NAS shard)
 # are the experiment's wildcards (the Snakefile keeps them as wildcards, the stages fill them in).
 PATTERNS = {
     "raw": "{raw}/{dataset}",
     "download_metrics": "{results}/download/{dataset}.json",
+    "download_info": "{results}/download/{dataset}.info.json",
     "prepared": "{prepared}/{dataset}.pt",
     "state": "{prepared}/{dataset}.state.pt",
     "zca_metrics": "{results}/zca/{dataset}.json",
+    "zca_info": "{results}/zca/{dataset}.info.json",
     "distill_dir": "{results}/distill/{dataset}/{method}/ipc{ipc}",
     "synthetic": "{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt",
-    "checkpoint": "{results}/distill/{dataset}/{method}/ipc{ipc}/checkpoint.pt",
+    # resumable state: under paths.state, never a declared output (Snakemake and DVC delete
+    # outputs before a job runs), so a rerun after a kill resumes from it
+    "checkpoint": "{state}/distill/{dataset}/{method}/ipc{ipc}/checkpoint.pt",
+    "checkpoint_meta": "{state}/distill/{dataset}/{method}/ipc{ipc}/checkpoint.json",
     "last": "{results}/distill/{dataset}/{method}/ipc{ipc}/last.pt",
     "loss_csv": "{results}/distill/{dataset}/{method}/ipc{ipc}/loss.csv",
     "val_curve": "{results}/distill/{dataset}/{method}/ipc{ipc}/val_curve.csv",
     "distill_metrics": "{results}/distill/{dataset}/{method}/ipc{ipc}/metrics.json",
+    "distill_info": "{results}/distill/{dataset}/{method}/ipc{ipc}/info.json",
     "eval_metrics": "{results}/evaluate/{dataset}/{method}/ipc{ipc}/metrics.json",
+    "eval_info": "{results}/evaluate/{dataset}/{method}/ipc{ipc}/info.json",
     "eval_full": "{results}/evaluate/{dataset}/full/metrics.json",
+    "eval_full_info": "{results}/evaluate/{dataset}/full/info.json",
     "grid": "{results}/visualize/{dataset}/{method}/ipc{ipc}/grid.png",
     "loss_png": "{results}/visualize/{dataset}/{method}/ipc{ipc}/loss.png",
     "images": "{results}/visualize/{dataset}/{method}/ipc{ipc}/images",
@@ -56,6 +64,7 @@ PATTERNS = {
     "nas_png": "{results}/nas_merge/{dataset}/scatter.png",
     "summary_md": "{results}/report/summary.md",
     "summary_json": "{results}/report/summary.json",
+    "summary_csv": "{results}/report/summary.csv",
 }
 
 # Snakemake rule / dvc.yaml stage -> the module it runs (`python -m stages.<module>`).
@@ -69,7 +78,8 @@ def pattern(params: dict, key: str) -> str:
     """A path pattern with `paths` filled in and the wildcards left as ``{dataset}`` etc."""
     p = params["paths"]
     keep = {w: "{" + w + "}" for w in ("dataset", "method", "ipc", "shard")}
-    return PATTERNS[key].format(raw=p["raw"], prepared=p["prepared"], results=p["results"], logs=p["logs"], **keep)
+    return PATTERNS[key].format(raw=p["raw"], prepared=p["prepared"], results=p["results"], logs=p["logs"],
+                                state=p["state"], **keep)
 
 
 def path(params: dict, key: str, **wildcards) -> Path:
@@ -95,14 +105,15 @@ def evaluations(params: dict, dataset: str) -> list[tuple[str, int | None]]:
 
 
 def nas_shards(params: dict) -> list[int]:
-    """Shard indices of the NAS stage: 0 .. nas.shards - 1."""
-    return list(range(params["nas"]["shards"]))
+    """Shard indices of the NAS stage (``nas.shards``: 0 .. S-1)."""
+    return list(params["nas"]["shards"])
 
 
-def eval_path(params: dict, dataset: str, kind: str, ipc: int | None) -> Path:
+def eval_path(params: dict, dataset: str, kind: str, ipc: int | None, info: bool = False) -> Path:
+    """An evaluation's metrics file (numbers only), or with ``info`` its descriptive fields."""
     if kind == "full":
-        return path(params, "eval_full", dataset=dataset)
-    return path(params, "eval_metrics", dataset=dataset, method=kind, ipc=ipc)
+        return path(params, "eval_full_info" if info else "eval_full", dataset=dataset)
+    return path(params, "eval_info" if info else "eval_metrics", dataset=dataset, method=kind, ipc=ipc)
 
 
 def _job_name(dataset, method, ipc, name: str | None) -> str:

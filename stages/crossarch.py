@@ -1,0 +1,83 @@
+"""Stage `crossarch`: the same sets trained on other architectures (cross-architecture generalisation).
+
+    python -m stages.crossarch --dataset digits --ipc 10
+
+Every method's distilled set at ``--ipc`` and the random real subset of the same size (the
+random baseline's draw: ``runtime.seed``, from the training part of the ``validation`` split)
+are each trained on every architecture of ``crossarch.archs`` with the evaluate section's
+protocol (``crossarch.epochs``, ``crossarch.seeds``; ConvNet takes ``evaluate.net``, the
+others its ``norm``) and scored on the test set. Writes ``<paths.results>/crossarch/<dataset>/
+ipc<k>/metrics.json``: per set and architecture, every per-seed accuracy, mean, std, n.
+
+MLflow: one run per set with ``<arch>_mean`` / ``<arch>_std`` metrics.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import runtime
+from .layout import path
+from .params import evaluate_settings, section
+
+RANDOM = "random"
+
+
+def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: int) -> dict:
+    """{name: (images, labels)}: every method's synthetic set at ``ipc``, then the random subset
+    of the same size, drawn as the random baseline draws it."""
+    from atom.evaluate import baseline_set
+    from atom.io import load_tensors
+    from atom.validation import carve
+
+    out = {}
+    for m in params["experiment"]["methods"]:
+        syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc))
+        out[m] = (syn["images"], syn["labels"])
+    val = section(params, "validation", dataset)
+    pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"],
+                                 num_classes)
+    out[RANDOM] = baseline_set(RANDOM, pool_x, pool_y, ipc=ipc, seed=params["runtime"]["seed"],
+                               num_classes=num_classes)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = runtime.parser(__doc__.splitlines()[0], method=False)
+    p.add_argument("--ipc", type=int, required=True, help="images per class of the sets (in crossarch.ipcs)")
+    args = p.parse_args(argv)
+    st = runtime.Stage("crossarch", args)
+    ca = st.params["crossarch"]
+    if st.ipc not in ca["ipcs"]:
+        raise ValueError(f"--ipc: {st.ipc} is not in crossarch.ipcs {ca['ipcs']}")
+    _, cfg, _ = evaluate_settings(st.params, st.dataset, "method")
+    cfg.update(epochs=ca["epochs"])
+    from atom.evaluate import evaluate
+    from atom.io import load_tensors, write_json
+
+    prep = load_tensors(st.path("prepared"))
+    k = len(prep["classes"])
+    device = st.resolved_device()
+    sets = proxy_sets(st.params, st.dataset, prep, st.ipc, k)
+    results = {}
+    for name, (x, y) in sets.items():
+        results[name] = {}
+        for arch in ca["archs"]:
+            res = evaluate(x, y, prep["test_images"], prep["test_labels"], seeds=ca["seeds"], num_classes=k,
+                           device=device, progress=False, **dict(cfg, arch=arch))
+            results[name][arch] = {key: res[key] for key in ("mean", "std", "n", "per_seed", "seeds")}
+            results[name][arch]["seconds"] = sum(r["seconds"] for r in res["runs"])
+            st.log.info("%s ipc %d on %s: %.2f +- %.2f", name, st.ipc, arch, res["mean"], res["std"])
+    metrics = {"dataset": st.dataset, "ipc": st.ipc, "archs": list(ca["archs"]), "sets": list(sets),
+               "epochs": ca["epochs"], "seeds": list(ca["seeds"]), "device": device, "results": results}
+    write_json(metrics, st.path("crossarch"))
+
+    tracker = st.tracker()
+    for name, by_arch in results.items():
+        with tracker.run("crossarch", name, st.ipc) as run:
+            run.log_params({"archs": ca["archs"], "epochs": ca["epochs"], "seeds": ca["seeds"], "device": device})
+            run.log_metrics({f"{a}_{s}": r[s] for a, r in by_arch.items() for s in ("mean", "std")})
+            run.log_artifact(st.path("crossarch"))
+
+
+if __name__ == "__main__":
+    sys.exit(runtime.run(main))
