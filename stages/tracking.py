@@ -1,9 +1,14 @@
 """MLflow recording of the stages: one experiment per dataset, one run per stage invocation.
 
-:class:`Tracker` tags every run with stage, dataset, method, ipc and the git commit. MLflow
-only records: if it fails, the stage logs a warning and its outputs are still written. Writes
-are serialised across processes by a file lock, so parallel jobs never race on the SQLite
-store. MLflow is imported only when a tracker connects.
+:class:`Tracker` tags every run with stage, dataset, method, ipc and the git commit. The
+store is checked when the tracker connects, before any compute: an unreachable server or a
+store that cannot be opened is an error naming the URI when ``mlflow.required`` is true, else
+a warning and no records. After that MLflow only records: a failed write is a warning and the
+stage's outputs are still written. Writes are serialised across processes by a file lock
+beside the SQLite database (:mod:`stages.mlstore`), so parallel jobs and pipelines never race
+on the store, its creation and migration included. :class:`MetricStream` turns the library's
+log records (loss every ``log_every``, validation scores, evaluation seeds) into metrics as
+they happen. MLflow is imported only when a tracker connects.
 """
 from __future__ import annotations
 
@@ -11,14 +16,17 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["Tracker", "tracking_uri", "experiment_name", "flatten", "git_commit", "DEFAULT_TRACKING_URI"]
+from .mlstore import (DEFAULT_TRACKING_URI, TrackingUnavailable, bound_http_retries, check_reachable, file_lock,
+                      lock_path, tracking_uri)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+__all__ = ["Tracker", "tracking_uri", "experiment_name", "flatten", "git_commit",
+           "DEFAULT_TRACKING_URI", "TrackingUnavailable"]
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -39,11 +47,6 @@ def git_commit(cwd: str | os.PathLike = ".") -> str:
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-def tracking_uri(params: dict) -> str:
-    """$MLFLOW_TRACKING_URI wins, then ``mlflow.tracking_uri``, then ``sqlite:///mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"] or DEFAULT_TRACKING_URI
-
 
 def experiment_name(params: dict, dataset: str) -> str:
     return f"{params['mlflow']['experiment_prefix']}{dataset}"
@@ -109,29 +112,31 @@ class Tracker:
     def __init__(self, params: dict, dataset: str, log: logging.Logger):
         self.params, self.dataset, self.log = params, dataset, log
         self.enabled = bool(params["mlflow"]["enabled"])
+        self.required = bool(params["mlflow"]["required"])
         self.client = None
         self.experiment_id = None
-        self.lock_path = Path(params["paths"]["logs"]) / ".mlflow.lock"
+        self.uri = tracking_uri(params)
+        self.lock_path = lock_path(params, self.uri)
         self.commit = git_commit()
         if self.enabled:
+            try:
+                check_reachable(self.uri)  # bounded: an unreachable server fails here, before compute
+            except TrackingUnavailable as exc:
+                self._unavailable(str(exc))
+                return
+            bound_http_retries()
             self._guard("connect", self._connect)
             if self.client is None:
-                self.enabled = False
+                self._unavailable(f"MLflow tracking store {self.uri} cannot be opened (see the warning above)")
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock
-            yield
-            return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _unavailable(self, message: str) -> None:
+        if self.required:
+            raise TrackingUnavailable(message)
+        self.log.warning("mlflow: %s; recording nothing (mlflow.required is false)", message)
+        self.enabled = False
+
+    def _lock(self):
+        return file_lock(self.lock_path)
 
     def _guard(self, what: str, fn: Callable[..., Any], *args, **kwargs):
         for attempt in range(3):
@@ -140,7 +145,7 @@ class Tracker:
                     return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - recording must never break a stage
                 if attempt == 2 or "locked" not in str(exc).lower():
-                    self.log.warning("mlflow: %s failed: %s", what, exc)
+                    self.log.warning("mlflow: %s failed (%s): %s", what, self.uri, exc)
                     return None
                 time.sleep(1.0 + attempt)
         return None
@@ -149,13 +154,18 @@ class Tracker:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        uri = tracking_uri(self.params)
+        uri = self.uri
         client = MlflowClient(tracking_uri=uri)
         name = experiment_name(self.params, self.dataset)
         exp = client.get_experiment_by_name(name)
         if exp is None:
             root = self.params["mlflow"]["artifact_root"]
-            location = root if "://" in root else Path(root).resolve().joinpath(name).as_uri()
+            if "://" in root:
+                location = root
+            elif uri.startswith(("http://", "https://")):  # a shared server stores artifacts itself
+                location = None  # its --artifacts-destination, proxied (mlflow-artifacts:/)
+            else:
+                location = Path(root).resolve().joinpath(name).as_uri()
             self.experiment_id = client.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
@@ -165,23 +175,29 @@ class Tracker:
     @contextlib.contextmanager
     def run(self, stage: str, method: str | None = None, ipc: int | None = None,
             parent: _Run | None = None, name: str | None = None, extra_tags: dict | None = None) -> Iterator[_Run]:
-        """Start a run tagged with stage/dataset/method/ipc/git commit; end it FINISHED, or
-        FAILED if the block raises."""
+        """Start a run (RUNNING) tagged with stage/dataset/method/ipc/git commit, host and pid;
+        end it FINISHED, or FAILED with the error (tag ``error``) if the block raises, SIGTERM
+        and SIGINT included (:func:`stages.runtime.run` turns them into exceptions)."""
         if not self.enabled:
             yield _Run(self, None)
             return
         tags = {"stage": stage, "dataset": self.dataset, "method": method or "", "ipc": "" if ipc is None else str(ipc),
                 "git_commit": self.commit, "mlflow.source.git.commit": self.commit,
+                "host": socket.gethostname(), "pid": str(os.getpid()),
                 "mlflow.runName": name or "/".join(str(x) for x in (stage, self.dataset, method,
                                                                      None if ipc is None else f"ipc{ipc}") if x)}
         if parent is not None and parent.run_id:
             tags["mlflow.parentRunId"] = parent.run_id
         tags.update(extra_tags or {})
         info = self._guard("create run", self.client.create_run, self.experiment_id, tags=tags)
+        if info is None and self.required:
+            raise TrackingUnavailable(f"MLflow tracking store {self.uri}: cannot create a run (see the warning above)")
         handle = _Run(self, info.info.run_id if info is not None else None)
-        status = "FAILED"
         try:
             yield handle
-            status = "FINISHED"
-        finally:
-            handle._call("end run", self.client.set_terminated, status)
+        except BaseException as exc:
+            handle.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            handle._call("end run", self.client.set_terminated, "FAILED")
+            raise
+        handle._call("end run", self.client.set_terminated, "FINISHED")
+
