@@ -2,6 +2,7 @@
 # make test  : the test suite
 # make ui    : the MLflow UI on 127.0.0.1
 # make bench : side-by-side speed benchmarks
+# make paper : the paper protocol on CIFAR-10 content (a GPU; DATASET, IPCS, METHODS, PROTOCOL)
 # make slurm : the pipeline on a SLURM cluster (profiles/slurm; needs the [slurm] extra)
 # Each target creates .venv (pip) when it is missing.
 PYTHON ?= python3
@@ -11,7 +12,12 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 PORT   ?= 5000
 
-.PHONY: run test test-slow ui bench venv clean slurm
+DATASET  ?= cifar10-jpeg
+IPCS     ?= 10
+METHODS  ?= atom datadam dm
+PROTOCOL ?= spec
+
+.PHONY: run test test-slow ui bench paper venv clean slurm
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -40,6 +46,11 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_evaluate.py
+
+paper: $(STAMP)
+	$(PY) -m stages.download --dataset $(DATASET)
+	$(PY) -m stages.zca --dataset $(DATASET)
+	$(PY) scripts/paper.py --dataset $(DATASET) --protocol $(PROTOCOL) --ipcs $(IPCS) --methods $(METHODS) --baselines random selected
 
 clean:
 	rm -rf results logs .snakemake

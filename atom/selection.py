@@ -36,12 +36,18 @@ from tqdm.auto import tqdm
 from .sets import check_dataset, random_subset, resolve_device
 from .networks import ConvNet, init_weights
 
-__all__ = ["RULES", "select", "herding", "kcenter", "train_encoder", "embed"]
+__all__ = ["RULES", "select", "herding", "kcenter", "train_encoder", "embed", "rule_of"]
 
 log = logging.getLogger(__name__)
 
 RULES = ("random", "herding", "kcenter")
 DEFAULT_NET = dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg")
+
+
+def rule_of(init: str) -> str:
+    """The selection rule behind a distillation ``init``: the rule itself for a selection init,
+    ``herding`` for ``real``/``noise`` (the ``selected`` baseline of a run that starts elsewhere)."""
+    return init if init in RULES and init != "random" else "herding"
 
 
 def herding(features: Tensor, k: int) -> Tensor:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from atom.distill import distill  # noqa: E402
 from atom.evaluate import evaluate  # noqa: E402
 from atom.io import load_tensors, write_json  # noqa: E402
-from atom.selection import select  # noqa: E402
+from atom.selection import rule_of, select  # noqa: E402
 from atom.sets import random_subset  # noqa: E402
 from atom.validation import validation_split  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
@@ -71,8 +71,8 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
         if method == "random":
             idx = random_subset(yt, ipc, torch.Generator().manual_seed(seed), k)
         else:
-            idx = select(xt, yt, ipc, dcfg["init"], seed=seed, num_classes=k, device=device, net=dcfg["net"],
-                         **dcfg.get("init_options", {}))
+            idx = select(xt, yt, ipc, rule_of(dcfg["init"]), seed=seed, num_classes=k, device=device,
+                         net=dcfg["net"], **dcfg["init_options"])
         syn_x, syn_y = xt[idx], yt[idx]
         out["val_curve"] = [[0, validator(syn_x, syn_y)]]
         out["best_iteration"] = 0
@@ -94,7 +94,9 @@ def recipe_for(params: dict, dataset: str, method: str, protocol: str | None) ->
     params = copy.deepcopy(params)
     if protocol is not None:
         params["datasets"][dataset]["protocol"] = protocol
-    seeds, ev, _ = evaluate_settings(params, dataset, method if method in METHODS else "random")
+    seeds, ev, batched = evaluate_settings(params, dataset, method if method in METHODS else "random")
+    if batched:
+        ev["batched"] = True
     dcfg = distill_kwargs(params, dataset, method if method in METHODS else METHODS[0])
     return {"distill": dcfg, "evaluate": dict(ev, seeds=seeds), "validation": section(params, "validation", dataset)}
 
