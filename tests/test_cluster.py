@@ -1,0 +1,140 @@
+"""The pipeline on a cluster, without a cluster: the SLURM profile resolves every job with its
+resources (dry run through the executor plugin), and the stages log to a shared `mlflow server`
+(SQLite backend, its own artifact root) given by MLFLOW_TRACKING_URI, read back over REST."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline_support import ROOT, make_project, project_env, tool
+
+pytestmark = pytest.mark.timeout(300)
+
+GPU_RULES = {"distill", "evaluate", "evaluate_random", "evaluate_selected", "evaluate_full", "crossarch", "nas"}
+
+
+def _dry_run_jobs(root: Path, *args: str) -> list[dict]:
+    res = subprocess.run([tool("snakemake"), "--dry-run", "--forceall", *args], cwd=root, env=project_env(root),
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    jobs, job = [], None
+    for line in (res.stdout + "\n" + res.stderr).splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            job = {"rule": m.group(1), "resources": None}
+            jobs.append(job)
+        elif job is not None and line.startswith("    resources: "):
+            job["resources"] = dict(kv.split("=", 1) for kv in line.strip()[len("resources: "):].split(", "))
+    return [j for j in jobs if j["rule"] != "all"]
+
+
+def test_slurm_profile_resolves_every_job_with_its_resources(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    root = make_project(tmp_path / "p", tiny=False)
+    shutil.copytree(ROOT / "profiles", root / "profiles")
+    slurm = _dry_run_jobs(root, "--profile", "profiles/slurm")
+    local = _dry_run_jobs(root, "--cores", "1")
+    assert sorted(j["rule"] for j in slurm) == sorted(j["rule"] for j in local)  # the same DAG
+    assert GPU_RULES | {"download", "zca", "nas_merge", "report"} <= {j["rule"] for j in slurm}
+    for j in slurm:
+        r = j["resources"]
+        assert r is not None, j["rule"]
+        assert int(r["runtime"]) > 0 and int(r["mem_mb"]) > 0, j
+        if j["rule"] in GPU_RULES:
+            assert (r["slurm_partition"], r.get("gpu")) == ("gpu", "1"), j
+        else:
+            assert r["slurm_partition"] == "cpu" and r.get("gpu", "0") == "0", j
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rest(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    url = f"{base}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on a free loopback port: SQLite backend, artifacts under a temp root."""
+    port, store = _free_port(), tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen([tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                             "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: the server forks workers
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+            time.sleep(0.5)
+        yield base, store / "artifacts"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the group we started, by its id
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+def test_stages_log_to_a_shared_mlflow_server(tmp_path, mlflow_server):
+    base, artifacts = mlflow_server
+    root = make_project(tmp_path / "p")
+    env = dict(project_env(root), MLFLOW_TRACKING_URI=base)
+    py = str(Path(tool("python")))
+    for argv in (["download"], ["zca"], ["distill", "--method", "atom", "--ipc", "1"],
+                 ["evaluate", "--method", "atom", "--ipc", "1"]):
+        res = subprocess.run([py, "-m", f"stages.{argv[0]}", "--dataset", "digits", *argv[1:]], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=240)
+        assert res.returncode == 0, f"{argv}: {res.stderr[-3000:]}"
+    assert not (root / "mlflow.db").exists()  # nothing went to the local default store
+
+    exp = _rest(base, "experiments/get-by-name", experiment_name="atom-digits")["experiment"]
+    runs = _rest(base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    by_stage: dict[str, list] = {}
+    for r, t in zip(runs, tags):
+        by_stage.setdefault(t["stage"], []).append((r, t))
+    assert {"download", "zca", "distill", "evaluate"} <= set(by_stage)
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    ((dist, dtags),) = by_stage["distill"]
+    assert (dtags["method"], dtags["ipc"]) == ("atom", "1")
+    assert any(m["key"] == "final_loss" for m in dist["data"]["metrics"])
+    listed = _rest(base, "artifacts/list", run_id=dist["info"]["run_id"])
+    assert {"synthetic.pt", "loss.csv"} <= {f["path"] for f in listed.get("files", [])}
+    assert list(artifacts.rglob("synthetic.pt")), "artifacts are stored under the server's artifact root"
+    parents = [r for r, t in by_stage["evaluate"] if "mlflow.parentRunId" not in t]
+    children = [t for _, t in by_stage["evaluate"] if "mlflow.parentRunId" in t]
+    assert len(parents) == 1 and sorted(t["seed"] for t in children) == ["0", "1"]
