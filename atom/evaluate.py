@@ -46,7 +46,7 @@ def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *
     runs = []
     for seed in tqdm(list(seeds), disable=not progress, desc="evaluate", dynamic_ncols=True):
         runs.append(train_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed,
-                                   device=device, config=cfg))
+                                   device=device, config=cfg, progress=progress))  # epochs of this seed
         log.info("seed %d: accuracy %.2f%% (%.1fs)", seed, runs[-1]["accuracy"], runs[-1]["seconds"])
     accs = [r["accuracy"] for r in runs]
     return {"per_seed": accs, "seeds": list(seeds), "runs": runs, **summarize(accs)}

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 __all__ = ["IMAGE_EXTENSIONS", "MODES", "decode_images", "decode_raw", "channels", "to_float",
            "list_images", "scan_split", "imagefolder_layout", "stratified_split"]
@@ -97,14 +98,19 @@ def decode_raw(paths: list[str], mode: str, size: tuple[int, int] | None, resize
     tasks = [(paths[i:i + _CHUNK], (h, w), resize or None, mode, paths[0]) for i in starts]
     raw = np.empty((len(paths), h, w, 3), np.uint8)
     gray = np.empty(len(paths), bool)
-    if workers > 1 and len(tasks) > 1:
-        with _pool_context().Pool(min(workers, len(tasks))) as pool:
-            for i, (arr, g) in zip(starts, pool.imap(_decode_chunk, tasks)):
+    # a progress bar with a time estimate when there is more than one chunk (TQDM_DISABLE=1 hides it)
+    bar = tqdm(total=len(paths), desc="decode images", unit="img", disable=len(tasks) < 2, dynamic_ncols=True)
+    with bar:
+        if workers > 1 and len(tasks) > 1:
+            with _pool_context().Pool(min(workers, len(tasks))) as pool:
+                for i, (arr, g) in zip(starts, pool.imap(_decode_chunk, tasks)):
+                    raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
+                    bar.update(len(arr))
+        else:
+            for i, task in zip(starts, tasks):
+                arr, g = _decode_chunk(task)
                 raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
-    else:
-        for i, task in zip(starts, tasks):
-            arr, g = _decode_chunk(task)
-            raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
+                bar.update(len(arr))
     return raw, gray
 
 

@@ -61,11 +61,14 @@ def accuracy_plot(st: runtime.Stage) -> None:
         rows.append({"method": kind, "ipc": ipc, "mean": m["mean"], "std": m["std"], "n": m["n"]})
     if not rows:
         raise ValueError(f"experiment: nothing was evaluated for {st.dataset!r}")
+    # long format, one row per (method, ipc), the whole-set baseline at every ipc: DVC's plot
+    # (dvc.yaml, template plots/accuracy.json) draws one series per method
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "ipc", "mean", "std", "n"])
     for r in rows:
-        w.writerow([r["method"], "" if r["ipc"] is None else r["ipc"], f"{r['mean']:.4f}", f"{r['std']:.4f}", r["n"]])
+        for ipc in st.params["experiment"]["ipcs"] if r["ipc"] is None else [r["ipc"]]:
+            w.writerow([r["method"], ipc, f"{r['mean']:.4f}", f"{r['std']:.4f}", r["n"]])
     write_text(buf.getvalue(), st.path("accuracy_csv"))
     png = viz.plot_accuracy(rows, st.path("accuracy_png"), title=f"{st.dataset}: test accuracy",
                             dpi=st.params["visualize"]["dpi"])

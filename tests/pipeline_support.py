@@ -1,7 +1,7 @@
 """Helpers of the pipeline tests: a throw-away copy of the project with tiny params.
 
-``make_project(tmp)`` copies what the pipeline needs (atom/, stages/, schemas/, Snakefile,
-dvc.yaml, .dvcignore) into ``tmp`` and writes params.yaml = the project's params.yaml with
+``make_project(tmp)`` copies what the pipeline needs (atom/, stages/, schemas/, report/, plots/,
+Snakefile, dvc.yaml, .dvcignore, .gitignore) into ``tmp`` and writes params.yaml = the project's params.yaml with
 tests/params.tiny.yaml (and ``extra``) merged over it, or the defaults (with ``extra``) with ``tiny=False``; ``project_env(tmp)`` points MLflow, DVC's site cache
 and the interpreter at that copy, so nothing outside ``tmp`` is touched.
 """
@@ -18,7 +18,7 @@ from stages.params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).resolve().parent / "params.tiny.yaml"
-COPY = ["atom", "stages", "schemas", "Snakefile", "dvc.yaml", ".dvcignore"]
+COPY = ["atom", "stages", "schemas", "report", "plots", "Snakefile", "dvc.yaml", ".dvcignore", ".gitignore"]
 
 
 def tiny_params(extra: dict | None = None) -> dict:
