@@ -63,13 +63,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0o600; follow the umask like open() does
-    finally:
-        os.close(fd)
+    os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0o600 (and some writers recreate the file): follow the umask like open()
+        os.chmod(tmp_path, 0o666 & ~umask())
         fsync_path(tmp_path)
         os.replace(tmp_path, path)
         fsync_path(path.parent)

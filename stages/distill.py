@@ -11,17 +11,25 @@ augmentation ``dsa``), calls ``atom.distill.distill`` and writes, under
                     space): the set with the best validation score (``validation``), else the last
 - ``last.pt``       the set of the last iteration, in the same format
 - ``val_curve.csv`` iteration,accuracy of the validation scores (header only without a split)
-- ``checkpoint.pt`` the resumable state (a rerun of this command resumes from it when its
-                    configuration matches, and starts afresh when it does not)
+and, under ``<paths.state>/distill/<dataset>/<method>/ipc<k>/`` (never a declared output, so
+neither Snakemake nor DVC deletes it before a rerun):
+
+- ``checkpoint.pt`` the resumable state: a rerun (after a kill) resumes from it when its
+                    configuration and code match, logging "resumed from <path> at iteration N",
+                    and starts afresh when they do not
+- ``checkpoint.json`` the code digest and the run's seconds at each checkpoint (timings count
+                    the whole run across resumes)
 - ``loss.csv``      iteration,loss
-- ``metrics.json``  final loss, seconds, ...
+- ``metrics.json``  numbers only: final loss, iterations, best iteration, ... (`dvc metrics`)
+- ``info.json``     dataset, method, ipc, device
 
 The validation split (``validation.per_class`` images per class, seed ``validation.seed``) is
 carved from the training images before distillation, which never samples it; the test images
 are never read here.
 
-MLflow: params, the loss curve (metric ``loss`` by step), the validation curve (metric
-``val_accuracy`` by step), the class grid and synthetic.pt.
+MLflow: a run opened before the compute, with the params; the loss (metric ``loss``, every
+``log_every`` iterations as they happen, the other steps at the end) and validation scores
+(``val_accuracy``) streamed live; at the end the timings, the class grid and synthetic.pt.
 """
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ from pathlib import Path
 from . import runtime
 from .layout import METHODS
 from .params import distill_kwargs, evaluate_settings, section
+from .recovery import LOSS_RECORD, VALIDATION_RECORDS, RunClock, code_digest
+from .stream import MetricStream
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--method/--ipc: distill needs a method in {METHODS} and an ipc, "
                          f"got {args.method!r}, {args.ipc!r}")
     st = runtime.Stage("distill", args)
+    st.remove_stale("synthetic", "last", "loss_csv", "val_curve", "distill_metrics", "distill_info", "checkpoint",
+                    "checkpoint_meta")
     kwargs = distill_kwargs(st.params, st.dataset, st.method)
+    run = st.start_run(st.method, st.ipc)  # RUNNING from here on; FAILED if anything below raises
+    run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, **kwargs})
     from atom import viz
     from atom.distill import CheckpointMismatchError, distill
     from atom.evaluate import evaluate
@@ -68,9 +82,20 @@ def main(argv: list[str] | None = None) -> None:
                 st.dataset, st.method, st.ipc, device, kwargs, train_x.shape[0],
                 0 if val_x is None else val_x.shape[0])
 
+    clock = RunClock(st.path("checkpoint_meta"), kwargs["checkpoint_every"], code_digest("distill"))
+    if not ckpt.exists():
+        st.log.info("no checkpoint at %s: starting at iteration 0", ckpt)
+    elif clock.stored_code() not in (None, clock.code):
+        st.log.warning("%s: made by other code (atom/ or stages/ changed since); discarding it", ckpt)
+        ckpt.unlink()
+        clock.forget()
+    stream = MetricStream(run, {LOSS_RECORD: lambda a: ("loss", a[2], a[0]),
+                                **{f: (lambda a: ("val_accuracy", a[1], a[0])) for f in VALIDATION_RECORDS}})
+
     def attempt():
-        return distill(train_x, train_y, ipc=st.ipc, method=st.method, num_classes=k, device=device,
-                       checkpoint_path=ckpt, resume=True, progress=False, validator=validator, **kwargs)
+        with clock.attach(), stream.attach("atom.distill"):
+            return distill(train_x, train_y, ipc=st.ipc, method=st.method, num_classes=k, device=device,
+                           checkpoint_path=ckpt, resume=True, progress=True, validator=validator, **kwargs)
 
     try:
         res = attempt()
@@ -78,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         # a checkpoint left by a run with other settings: start afresh rather than fail
         st.log.warning("%s; discarding the checkpoint", exc)
         ckpt.unlink()
+        clock.forget()
         res = attempt()
+    seconds = clock.seconds  # the whole run, across resumes
     if not ckpt.exists():  # checkpoint_every >= 1 saves the last iteration; keep the output contract
         raise RuntimeError(f"{ckpt}: the distillation did not write its checkpoint")
 
@@ -92,31 +119,36 @@ def main(argv: list[str] | None = None) -> None:
     write_text("iteration,loss\n" + "".join(f"{s},{v:.9g}\n" for s, v in zip(steps, res.losses)),
                st.path("loss_csv"))
     tail = res.losses[-max(1, len(res.losses) // 10):]
-    metrics = {"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "iterations": len(res.losses),
-               "final_loss": res.losses[-1], "tail_mean_loss": sum(tail) / len(tail), "first_loss": res.losses[0],
-               "seconds": res.seconds, "seconds_per_iteration": res.seconds / max(1, len(res.losses)),
-               "device": device, "images": int(res.images.shape[0]), "best_iteration": best_it,
+    # numbers only, and no wall-clock times: the same inputs give the same bytes (timings: the
+    # log, MLflow and Snakemake's benchmark files)
+    metrics = {"iterations": len(res.losses), "final_loss": res.losses[-1], "tail_mean_loss": sum(tail) / len(tail),
+               "first_loss": res.losses[0], "images": int(res.images.shape[0]), "best_iteration": best_it,
                "best_val_accuracy": res.best_score}
-    write_json(metrics, st.path("distill_metrics"))
-    st.log.info("done: final loss %.6g in %.1fs", metrics["final_loss"], res.seconds)
+    write_json({k: v for k, v in metrics.items() if v is not None}, st.path("distill_metrics"))
+    write_json({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "device": device}, st.path("distill_info"))
+    metrics.update(seconds=seconds, seconds_per_iteration=seconds / max(1, len(res.losses)),
+                   resumed_from=clock.resumed_from)
+    st.log.info("done: final loss %.6g in %.1fs (%.3fs per iteration; the whole run, resumed from iteration %d)",
+                metrics["final_loss"], seconds, metrics["seconds_per_iteration"], clock.resumed_from)
 
-    with st.tracker().run("distill", st.method, st.ipc) as run:
-        run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "device": device, **kwargs})
-        run.log_history("loss", res.losses, steps)
-        if res.val_curve:
-            run.log_history("val_accuracy", [a for _, a in res.val_curve], [i for i, _ in res.val_curve])
-        run.log_metrics({k: metrics[k] for k in ("final_loss", "tail_mean_loss", "seconds", "seconds_per_iteration",
-                                                 "best_iteration", "best_val_accuracy") if metrics[k] is not None})
-        if run.run_id:
-            with tempfile.TemporaryDirectory() as tmp:
-                grid = viz.save_grid(res.best_images, res.labels, prep["state"], Path(tmp) / "grid.png",
-                                     num_classes=len(prep["classes"]),
-                                     max_per_class=st.params["visualize"]["max_per_class"],
-                                     scale=st.params["visualize"]["grid_scale"])
-                run.log_artifact(grid)
-            run.log_artifact(st.path("loss_csv"))
-            if st.params["mlflow"]["log_synthetic"]:
-                run.log_artifact(st.path("synthetic"))
+    # the history's steps that were not streamed (between log_every, or before a resume)
+    for key, curve in (("loss", list(zip(steps, res.losses))), ("val_accuracy", res.val_curve)):
+        rest = [(s, v) for s, v in curve if s not in stream.steps.get(key, ())]
+        run.log_history(key, [v for _, v in rest], [s for s, _ in rest])
+    run.log_params({"device": device})
+    run.log_metrics({k: metrics[k] for k in ("final_loss", "tail_mean_loss", "seconds", "seconds_per_iteration",
+                                             "best_iteration", "best_val_accuracy", "resumed_from")
+                     if metrics[k] is not None})
+    if run.run_id:
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = viz.save_grid(res.best_images, res.labels, prep["state"], Path(tmp) / "grid.png",
+                                 num_classes=len(prep["classes"]),
+                                 max_per_class=st.params["visualize"]["max_per_class"],
+                                 scale=st.params["visualize"]["grid_scale"])
+            run.log_artifact(grid)
+        run.log_artifact(st.path("loss_csv"))
+        if st.params["mlflow"]["log_synthetic"]:
+            run.log_artifact(st.path("synthetic"))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Calls ``atom.data.download(loader, raw_dir, **options)`` with the dataset group's ``loader``
 and ``options`` from params.yaml (for digits this exports scikit-learn's bundled copy, so the
-DAG is the same for every dataset), then writes ``<paths.results>/download/<dataset>.json``.
+DAG is the same for every dataset), then writes ``<paths.results>/download/<dataset>.json``
+(numbers: files, bytes) and ``<dataset>.info.json`` (dataset, loader, path).
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from . import runtime
 def main(argv: list[str] | None = None) -> None:
     args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
     st = runtime.Stage("download", args)
+    st.remove_stale("raw", "download_metrics", "download_info")  # a killed extraction's temp folders
     ds = st.params["datasets"][st.dataset]
+    run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
+    run.log_params({"loader": ds["loader"], "options": ds["options"]})
     raw = st.path("raw")
     from atom import data
     from atom.io import write_json
@@ -26,13 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     out = data.download(ds["loader"], raw, **ds["options"])
     seconds = time.perf_counter() - t0
     files = [p for p in raw.rglob("*") if p.is_file()]
-    metrics = {"dataset": st.dataset, "loader": ds["loader"], "path": str(out), "files": len(files),
-               "bytes": sum(p.stat().st_size for p in files), "seconds": seconds}
+    metrics = {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}  # numbers only, no timing
     write_json(metrics, st.path("download_metrics"))
-    st.log.info("downloaded %s into %s: %d files, %d bytes", st.dataset, raw, metrics["files"], metrics["bytes"])
-    with st.tracker().run("download") as run:
-        run.log_params({"loader": ds["loader"], "options": ds["options"]})
-        run.log_metrics({"files": metrics["files"], "bytes": metrics["bytes"], "seconds": seconds})
+    write_json({"dataset": st.dataset, "loader": ds["loader"], "path": str(out)}, st.path("download_info"))
+    st.log.info("downloaded %s into %s in %.1fs: %d files, %d bytes", st.dataset, raw, seconds, metrics["files"],
+                metrics["bytes"])
+    run.log_metrics({"files": metrics["files"], "bytes": metrics["bytes"], "seconds": seconds})
 
 
 if __name__ == "__main__":

@@ -7,21 +7,30 @@ that builds a :class:`Stage`, which
    else, so bad params stop the run before any compute;
 2. logs to ``<paths.logs>/<stage>/<name>.log`` (and stderr; :func:`stages.layout.log_path`);
 3. configures the torch runtime (``atom.runtime.configure(runtime.threads)``);
-4. offers a :class:`stages.tracking.Tracker` for MLflow records.
-
-:func:`run` turns bad params or arguments into one clear line and exit code 2.
+4. offers a :class:`stages.tracking.Tracker` for MLflow records;
+5. copies tqdm progress bars (with their time estimates) into the log (:class:`ProgressLog`).
+Its :meth:`Stage.start_run` opens the stage's MLflow run before the compute, and
+:meth:`Stage.remove_stale` removes the temp files that killed writes of its outputs left.
+:func:`run` turns bad params or arguments into one clear line and exit code 2, an unusable
+tracking store into exit code 3, SIGTERM/SIGINT into 143/130, and ends the stage's run
+FINISHED, or FAILED with the error (:mod:`stages.lifecycle`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 from .layout import BASELINES, METHODS, PARAMS, log_path, path
+from .lifecycle import Terminated, call, close_orphans, register
 from .params import ParamsError, load_params
-from .tracking import Tracker
+from .recovery import remove_stale
+from .tracking import Tracker, TrackingUnavailable
 
 __all__ = ["parser", "Stage", "run"]
 
@@ -54,12 +63,24 @@ class Stage:
             raise ValueError(f"--ipc: must be a positive integer, got {self.ipc}")
         self.log_path = log_path(self.params, name, self.dataset, self.method, self.ipc, name=log_name)
         self.log = _setup_logging(self.log_path, name)
+        sys.stderr = ProgressLog(_stderr(), logging.getLogger("stages.progress"))  # tqdm bars -> the log too
         self.log.info("stage %s: dataset=%s method=%s ipc=%s", name, self.dataset, self.method, self.ipc)
         from atom.runtime import configure
 
         configure(self.params["runtime"]["threads"])
         self.device = self.params["runtime"]["device"]
         self._tracker: Tracker | None = None
+        self._runs = register(contextlib.ExitStack())
+
+    def start_run(self, method: str | None = None, ipc: int | None = None, **kwargs):
+        """Open the stage's MLflow run now (RUNNING, before the compute); :func:`run` ends it.
+        RUNNING runs of the same job left by a killed attempt are marked FAILED first."""
+        close_orphans(self.tracker(), self.name, method, ipc)
+        return self._runs.enter_context(self.tracker().run(self.name, method, ipc, **kwargs))
+
+    def remove_stale(self, *outputs: str | Path) -> None:
+        """Remove what killed writes of these outputs (path keys or paths) left behind."""
+        remove_stale([self.path(k) if isinstance(k, str) else k for k in outputs], self.log)
 
     def path(self, key: str, **wildcards) -> Path:
         wc = {"dataset": self.dataset, "method": self.method, "ipc": self.ipc}
@@ -79,6 +100,52 @@ class Stage:
         return str(resolve_device(self.device))
 
 
+class ProgressLog:
+    """A stderr that also copies progress bars into the log: tqdm writes each update after a
+    carriage return; the terminal gets every byte, the log a line per bar at most every
+    ``every`` seconds (plus every finished bar and every complete line), so a long stage's
+    log shows where it is and its time estimate without thousands of redraws."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+    _BAR = re.compile(r"\d+%\||\[[0-9:]+<")  # a tqdm bar: "42%|" or "[00:03<00:05"
+
+    def __init__(self, stream, logger: logging.Logger, every: float = 10.0):
+        self.stream, self.logger, self.every = stream, logger, every
+        self._last, self._said, self._pending = -float("inf"), "", ""
+
+    def write(self, text: str) -> int:
+        n = self.stream.write(text)
+        parts = re.split(r"([\r\n])", self._pending + self._ANSI.sub("", text))
+        self._pending = parts.pop()  # not yet ended by \r or \n
+        for seg, end in zip(parts[::2], parts[1::2]):
+            seg = seg.strip()
+            now = time.monotonic()
+            bar = self._BAR.search(seg)
+            key = seg.split("|")[0] if bar else seg  # description and percentage of a bar
+            if seg and key != self._said and ((end == "\n" and not bar) or "100%|" in seg
+                                              or now - self._last >= self.every):
+                self.logger.info(seg)
+                self._last, self._said = now, key
+        return n
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _stderr():
+    """The process's stderr without a :class:`ProgressLog` around it."""
+    return sys.stderr.stream if isinstance(sys.stderr, ProgressLog) else sys.stderr
+
+
 def _setup_logging(file: Path, stage: str) -> logging.Logger:
     file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -88,10 +155,15 @@ def _setup_logging(file: Path, stage: str) -> logging.Logger:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     fh = logging.FileHandler(file, mode="w")
     fh.setFormatter(fmt)
-    sh = logging.StreamHandler(sys.stderr)
+    sh = logging.StreamHandler(_stderr())
     sh.setFormatter(fmt)
     root.addHandler(fh)
     root.addHandler(sh)
+    progress = logging.getLogger("stages.progress")  # ProgressLog's lines: the file only (the terminal has the bars)
+    progress.propagate = False
+    for h in list(progress.handlers):
+        progress.removeHandler(h)
+    progress.addHandler(fh)
     for noisy in ("alembic", "urllib3", "matplotlib", "PIL", "mlflow.store.db.utils", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger(f"stages.{stage}")
@@ -100,7 +172,14 @@ def _setup_logging(file: Path, stage: str) -> logging.Logger:
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
     """Run a stage's ``main``; turn bad params/arguments into one clear line and exit code 2."""
     try:
-        main(argv)
+        call(main, argv)
+    except (Terminated, KeyboardInterrupt) as exc:
+        logging.getLogger("stages").error("stage stopped: %s", exc or "interrupted (SIGINT)")
+        return 143 if isinstance(exc, Terminated) else 130
+    except TrackingUnavailable as exc:
+        logging.getLogger("stages").error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
