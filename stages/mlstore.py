@@ -8,7 +8,7 @@ serialises the store's writers, and a bounded reachability check.
   same lock, and the store's creation and schema migration happen once, not concurrently;
   other stores are locked by ``<paths.logs>/.mlflow.lock``.
 - :func:`check_reachable`: an ``http(s)`` tracking server must answer ``/health`` within
-  :data:`PROBE_TIMEOUT` seconds, before any compute; :class:`TrackingUnavailable` names the URI.
+  :data:`PROBE_TIMEOUT` seconds (at most 2 s more for a refused connection), before any compute; :class:`TrackingUnavailable` names the URI.
 - :func:`bound_http_retries`: MLflow's own HTTP client retries for minutes by default; a
   stage bounds it so a server that dies mid-run costs seconds, not minutes.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,7 +29,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "PROBE_TIMEOUT", "TrackingUnavailable", "trac
            "lock_path", "file_lock", "check_reachable", "bound_http_retries"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PROBE_TIMEOUT = 4.0  # seconds per attempt; two attempts at most, so <= 10 s before any compute
+PROBE_TIMEOUT = 4.0  # seconds; with the stage's start-up, an unreachable server stops it within 10 s
 
 
 class TrackingUnavailable(RuntimeError):
@@ -76,13 +77,15 @@ def file_lock(path: Path) -> Iterator[None]:
 
 def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Raise :class:`TrackingUnavailable` if an ``http(s)`` server does not answer ``/health``
-    (two tries of ``timeout`` seconds); other stores are opened by the caller, under its lock."""
+    within ``timeout`` seconds (a refused connection is tried once more after a second; a
+    silent server is not); other stores are opened by the caller, under its lock."""
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme not in ("http", "https"):
         return
     url = uri.rstrip("/") + "/health"
     last = None
-    for _ in range(2):
+    for attempt in range(2):
+        t0 = time.monotonic()
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's URI
                 if resp.status < 500:
@@ -94,6 +97,10 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
             last = f"HTTP {exc.code}"
         except (OSError, ValueError) as exc:
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        if attempt == 0 and time.monotonic() - t0 < 1.0:
+            time.sleep(1.0)  # refused or reset at once: perhaps a restart; one more try
+        else:
+            break
     raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({last}); start it, fix "
                               "$MLFLOW_TRACKING_URI / mlflow.tracking_uri, or set mlflow.required: false "
                               "to run without records")
