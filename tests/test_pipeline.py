@@ -184,8 +184,15 @@ def test_snakemake_runs_the_whole_dag(snake_project):
     md = (root / "results/report/summary.md").read_text()
     assert f"| IPC {k} |" in md and "ATOM" in md and "random real" in md and "whole training set" in md
     assert re.search(r"\d+\.\d{2} ± \d+\.\d{2} \(n=2\)", md)
+    # cross-architecture and NAS: every set on every architecture, one NAS row per proxy
+    cross = json.loads((root / f"results/crossarch/{d}/ipc{k}/metrics.json").read_text())
+    assert cross["sets"] == [m, "random"] and cross["archs"] == params["crossarch"]["archs"]
+    nas = json.loads((root / f"results/nas_merge/{d}/metrics.json").read_text())
+    assert set(nas["proxies"]) == {f"{m}/ipc{k}", f"random/ipc{k}"} and nas["candidates"] == params["nas"]["sample"]
+    assert f"Cross-architecture, IPC {k}" in md and "| proxy | Spearman | Kendall |" in md
+    assert (root / f"results/nas_merge/{d}/scatter.png").stat().st_size > 0
 
-    for stage in ("download", "zca", "distill", "evaluate", "visualize", "report"):
+    for stage in ("download", "zca", "distill", "evaluate", "visualize", "crossarch", "nas", "nas_merge", "report"):
         assert list((root / "logs" / stage).glob("*.log")), stage
     assert (root / f"logs/distill/{d}-{m}-ipc{k}.log").read_text().count("iteration") >= 2
     # everything is up to date afterwards
@@ -204,7 +211,8 @@ def test_pipeline_records_runs_in_mlflow(snake_project):
     by_stage = defaultdict(list)
     for r in runs:
         by_stage[r.data.tags["stage"]].append(r)
-    assert {"download", "zca", "distill", "evaluate", "visualize", "report"} <= set(by_stage)
+    assert {"download", "zca", "distill", "evaluate", "visualize", "crossarch", "nas", "nas_merge",
+            "report"} <= set(by_stage)
     assert all(r.info.status == "FINISHED" for r in runs)
     (dist,) = by_stage["distill"]
     assert dist.data.tags["method"] == "atom" and dist.data.tags["ipc"] == "1" and dist.data.tags["git_commit"]
@@ -230,7 +238,7 @@ def test_dvc_repro_then_only_distill_and_downstream_rerun(tmp_path):
     ran = set(re.findall(r"Running stage '([^']+)'", first))
     assert {"download@digits", "zca@digits", "distill@digits-atom-1", "evaluate@digits-atom-1",
             "evaluate_random@digits-1", "evaluate_full@digits", "visualize@digits-atom-1", "accuracy@digits",
-            "report"} == ran
+            "crossarch@digits-1", "nas@digits-0", "nas@digits-1", "nas_merge@digits", "report"} == ran
     assert (root / "results/report/summary.md").is_file() and (root / "dvc.lock").is_file()
     assert "Data and pipelines are up to date" in _sh([tool("dvc"), "status"], root).stdout
 
@@ -240,7 +248,8 @@ def test_dvc_repro_then_only_distill_and_downstream_rerun(tmp_path):
     second = _sh([tool("dvc"), "repro"], root, timeout=600).stdout
     rerun = set(re.findall(r"Running stage '([^']+)'", second))
     assert rerun == {"distill@digits-atom-1", "evaluate@digits-atom-1", "visualize@digits-atom-1",
-                     "accuracy@digits", "report"}, second
+                     "accuracy@digits", "crossarch@digits-1", "nas@digits-0", "nas@digits-1", "nas_merge@digits",
+                     "report"}, second
     skipped = set(re.findall(r"Stage '([^']+)' didn't change", second))
     assert {"download@digits", "zca@digits", "evaluate_random@digits-1", "evaluate_full@digits"} <= skipped
     loss = (root / "results/distill/digits/atom/ipc1/loss.csv").read_text().splitlines()
