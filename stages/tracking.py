@@ -160,12 +160,9 @@ class Tracker:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             root = self.params["mlflow"]["artifact_root"]
-            if "://" in root:
-                location = root
-            elif uri.startswith(("http://", "https://")):  # a shared server stores artifacts itself
-                location = None  # its --artifacts-destination, proxied (mlflow-artifacts:/)
-            else:
-                location = Path(root).resolve().joinpath(name).as_uri()
+            # a shared http(s) server stores the artifacts itself (--artifacts-destination): a folder is ignored
+            location = (root if "://" in root else None if uri.startswith(("http://", "https://"))
+                        else Path(root).resolve().joinpath(name).as_uri())
             self.experiment_id = client.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id

@@ -3,12 +3,16 @@
 ``make_project(tmp)`` copies what the pipeline needs (atom/, stages/, schemas/, report/, plots/,
 Snakefile, dvc.yaml, .dvcignore, .gitignore) into ``tmp`` and writes params.yaml = the project's params.yaml with
 tests/params.tiny.yaml (and ``extra``) merged over it, or the defaults (with ``extra``) with ``tiny=False``; ``project_env(tmp)`` points MLflow, DVC's site cache
-and the interpreter at that copy, so nothing outside ``tmp`` is touched.
+and the interpreter at that copy, so nothing outside ``tmp`` is touched. ``free_port()`` and
+``stop_group(proc)`` serve the tests that start a server (MLflow) on a loopback port.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,3 +72,26 @@ def tool(name: str) -> str:
     """A console script of the running interpreter's environment (snakemake, dvc, mlflow)."""
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, wait: float = 20.0) -> None:
+    """Stop a server started with ``start_new_session=True`` (it forks workers): SIGTERM to its
+    process group, by the group's id, then SIGKILL after ``wait`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:  # e.g. a graceful shutdown waiting on idle keep-alive clients
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    if proc.stderr is not None:
+        proc.stderr.close()

@@ -4,11 +4,8 @@ resources (dry run through the executor plugin), and the stages log to a shared 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import ROOT, make_project, project_env, tool
+from pipeline_support import ROOT, free_port, make_project, project_env, stop_group, tool
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,12 +54,6 @@ def test_slurm_profile_resolves_every_job_with_its_resources(tmp_path):
             assert r["slurm_partition"] == "cpu" and r.get("gpu", "0") == "0", j
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rest(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
     url = f"{base}/api/2.0/mlflow/{endpoint}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
@@ -74,7 +65,7 @@ def _rest(base: str, endpoint: str, body: dict | None = None, **query) -> dict:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on a free loopback port: SQLite backend, artifacts under a temp root."""
-    port, store = _free_port(), tmp_path / "server"
+    port, store = free_port(), tmp_path / "server"
     store.mkdir()
     proc = subprocess.Popen([tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                              "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1",
@@ -97,16 +88,7 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield base, store / "artifacts"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started, by its id
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # a graceful shutdown waiting on idle keep-alive clients
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        proc.stderr.close()
+        stop_group(proc, wait=5)  # the process group we started, by its id
 
 
 def test_stages_log_to_a_shared_mlflow_server(tmp_path, mlflow_server, monkeypatch):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
-from pipeline_support import tiny_params, tool
+from pipeline_support import free_port, stop_group, tiny_params, tool
 from stages import tracking
 
 pytestmark = pytest.mark.timeout(300)
@@ -96,12 +94,6 @@ def test_tracking_uri_precedence(monkeypatch):
     assert tracking.tracking_uri(params) == "http://127.0.0.1:9"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, data: dict | None = None, timeout: float = 5.0):
     req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -110,7 +102,7 @@ def _get(url: str, data: dict | None = None, timeout: float = 5.0):
 
 
 def test_mlflow_ui_serves_the_runs(store):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=store["uri"])
     proc = subprocess.Popen([tool("mlflow"), "ui", "--backend-store-uri", store["uri"], "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
@@ -135,14 +127,5 @@ def test_mlflow_ui_serves_the_runs(store):
         ids = {r["info"]["run_id"] for r in json.loads(body)["runs"]}
         assert {store["distill"], store["parent"]} <= ids and len(ids) == 4
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the group we started, by its id
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        proc.stderr.close()
+        stop_group(proc)  # the process group we started, by its id
     assert proc.returncode is not None
