@@ -1,0 +1,76 @@
+"""Tables and learning curves of the ablation cells (scripts/ablation.py outputs).
+
+    python scripts/ablation_report.py results/ablation --figure docs/figures/ablation_curves.png
+
+Prints one Markdown table row per cell (set, IPC, overrides, validation score at each scored
+iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
+every distillation cell's validation curve (accuracy on the held-out training images against
+iteration), one panel per IPC.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load(folder: Path) -> list[dict]:
+    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return sorted(cells, key=lambda c: (c["ipc"], c["method"], c["name"]))
+
+
+def rows(cells: list[dict]) -> str:
+    out = ["| set | IPC | recipe (overrides of the cpu protocol) | validation curve (iteration: %) | kept | "
+           "test % mean ± std (n) | per seed | min |", "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        curve = ", ".join(f"{int(i)}: {a:.1f}" for i, a in c["val_curve"])
+        recipe = ", ".join(o.split("=", 1)[0].split(".")[-1] + "=" + o.split("=", 1)[1] for o in c["overrides"]) or "-"
+        out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {curve} | {c['best_iteration']} | "
+                   f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']}) | {', '.join(f'{v:.2f}' for v in c['test'])} | "
+                   f"{c['seconds'] / 60:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def figure(cells: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from atom.io import atomic_path
+
+    ipcs = sorted({c["ipc"] for c in cells if len(c["val_curve"]) > 1})
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(5.5 * len(ipcs), 3.6), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs):
+        for c in cells:
+            if c["ipc"] == ipc and len(c["val_curve"]) > 1:
+                its, accs = zip(*c["val_curve"])
+                ax.plot(its, accs, "o-", ms=3, lw=1, label=f"{c['method']} {c['name']}")
+        ax.set_title(f"IPC {ipc}: validation accuracy while distilling")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("accuracy on held-out training images (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--figure", type=Path)
+    a = ap.parse_args(argv)
+    cells = load(a.folder)
+    if not cells:
+        raise SystemExit(f"{a.folder}: no ablation cells (*.json)")
+    print(rows(cells))
+    if a.figure:
+        figure(cells, a.figure)
+
+
+if __name__ == "__main__":
+    main()
