@@ -9,6 +9,7 @@ the library still logs the records the stages read.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import signal
 import stat
@@ -129,6 +130,9 @@ def test_snakemake_killed_mid_distillation_resumes_bit_identical(tmp_path):
     assert done.data.metrics["resumed_from"] == at
     steps = sorted(m.step for m in client.get_metric_history(done.info.run_id, "loss"))
     assert steps == list(range(1, EXTRA["distill"]["iterations"] + 1))
+    # the run's seconds count the killed attempt's part up to the checkpoint too
+    at_seconds = json.loads((root / CKPT).with_suffix(".json").read_text())["seconds_at"]
+    assert 0 < at_seconds[str(at)] < at_seconds[str(EXTRA["distill"]["iterations"])] <= done.data.metrics["seconds"]
 
 
 def test_dvc_repro_killed_mid_distillation_resumes_bit_identical(tmp_path):
@@ -150,6 +154,7 @@ def test_a_stage_removes_the_temp_files_of_its_killed_writes(tmp_path):
     out = tmp_path / "results" / "synthetic.pt"
     raw = tmp_path / "raw"
     (raw / "images").mkdir(parents=True)
+    out.parent.mkdir()
     out.write_text("kept")
     stale = [tmp_path / "results/.synthetic.pt.ab12.tmp", tmp_path / "results/.synthetic.pt.old.x1",
              raw / ".images.q1.tmp", raw / ".download.zz", raw / ".cifar-10-batches-py.old.k"]
