@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", default=PARAMS, help="params file (default: params.yaml)")
     args = p.parse_args(argv)
     st = runtime.Stage("report", args, log_name="summary")
+    st.remove_stale("summary_md", "summary_json", "summary_csv")
     from atom.io import write_json, write_text
 
     # no commit or time stamp: the same results give the same bytes (MLflow tags the commit)

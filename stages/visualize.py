@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--method: visualize draws synthetic sets of {METHODS}, got {args.method!r}")
     st = runtime.Stage("visualize", args)
     if st.method is None:
+        st.remove_stale("accuracy_png", "accuracy_csv")
         accuracy_plot(st)
     else:
+        st.remove_stale("grid", "loss_png", "images")  # what killed writes left
         experiment_pictures(st)
 
 
