@@ -17,11 +17,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["validation_split", "carve", "BestSnapshot"]
+__all__ = ["validation_split", "carve", "make_validator", "BestSnapshot"]
 
 
 def validation_split(labels: Tensor, per_class: int, seed: int, num_classes: int | None = None
@@ -79,3 +80,15 @@ def carve(images: Tensor, labels: Tensor, per_class: int, seed: int, num_classes
         return images, labels, None, None
     tr, va = validation_split(labels, per_class, seed, num_classes)
     return images[tr], labels[tr], images[va], labels[va]
+
+
+def make_validator(val_x: Tensor, val_y: Tensor, *, seeds, num_classes: int, device, **eval_config
+                   ) -> Callable[[Tensor, Tensor], float]:
+    """The score ``atom.distill.distill(validator=...)`` expects: the mean validation accuracy
+    of networks trained on the set by :func:`atom.evaluate.evaluate` with ``eval_config``."""
+    from .evaluate import evaluate
+
+    def score(images: Tensor, labels: Tensor) -> float:
+        return evaluate(images, labels, val_x, val_y, seeds=seeds, num_classes=num_classes, device=device,
+                        progress=False, **eval_config)["mean"]
+    return score

@@ -36,7 +36,7 @@ from atom.evaluate import evaluate  # noqa: E402
 from atom.io import load_tensors, write_json  # noqa: E402
 from atom.selection import rule_of, select  # noqa: E402
 from atom.sets import random_subset  # noqa: E402
-from atom.validation import validation_split  # noqa: E402
+from atom.validation import carve, make_validator  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
 from stages.params import distill_kwargs, evaluate_settings, load_params, section  # noqa: E402
 
@@ -54,16 +54,12 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     x, y = data["train_images"], data["train_labels"]
     k = len(data["classes"])
     val = recipe["validation"]
-    tr, va = validation_split(y, val["per_class"], val["seed"], k)
-    xt, yt, xv, yv = x[tr], y[tr], x[va], y[va]
+    xt, yt, xv, yv = carve(x, y, val["per_class"], val["seed"], k)
     ev = {key: v for key, v in recipe["evaluate"].items() if key != "seeds"}
-    vev = dict(ev, **{key: v for key, v in val.items() if key not in ("per_class", "seed", "seeds")})
+    validator = make_validator(xv, yv, seeds=val["seeds"], num_classes=k, device=device,
+                               **dict(ev, epochs=val["epochs"]))
     dcfg = dict(recipe["distill"])
     seed = dcfg.pop("seed")
-
-    def validator(images, labels):
-        return evaluate(images, labels, xv, yv, seeds=val["seeds"], num_classes=k, device=device,
-                        progress=False, **vev)["mean"]
 
     t0 = time.perf_counter()
     out = {"method": method, "ipc": ipc, "recipe": recipe, "threads": torch.get_num_threads(), "device": device}

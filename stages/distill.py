@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, **kwargs})
     from atom import viz
     from atom.distill import CheckpointMismatchError, distill
-    from atom.evaluate import evaluate
     from atom.io import load_tensors, save_tensors, write_json, write_text
-    from atom.validation import carve
+    from atom.validation import carve, make_validator
 
     prep = load_tensors(st.path("prepared"))  # only the training images are read below
     k = len(prep["classes"])
@@ -71,11 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     validator = None
     if val_x is not None:
         _, eval_cfg, _ = evaluate_settings(st.params, st.dataset, st.method)
-        eval_cfg["epochs"] = val["epochs"]
-
-        def validator(images, labels):
-            return evaluate(images, labels, val_x, val_y, seeds=val["seeds"], num_classes=k, device=device,
-                            progress=False, **eval_cfg)["mean"]
+        validator = make_validator(val_x, val_y, seeds=val["seeds"], num_classes=k, device=device,
+                                   **dict(eval_cfg, epochs=val["epochs"]))
     else:
         kwargs["validate_every"] = 0
     st.log.info("distilling %s/%s ipc %d on %s with %s; %d training images, %s validation images",
