@@ -193,7 +193,7 @@ class Tracker:
         try:
             yield handle
         except BaseException as exc:
-            handle.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            handle.set_tag("error", f"{type(exc).__name__}: {str(exc) or 'interrupted (SIGINT)'}"[:5000])
             handle._call("end run", self.client.set_terminated, "FAILED")
             raise
         handle._call("end run", self.client.set_terminated, "FINISHED")
