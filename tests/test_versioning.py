@@ -74,7 +74,7 @@ def test_every_stage_run_twice_writes_identical_bytes(tmp_path, monkeypatch):
     assert not {k for k in differ if not k.startswith(TIMED)}, differ
 
 
-def _sh(cmd: list[str], cwd: Path, timeout: int = 500, stderr: bool = False) -> str:
+def _sh(cmd: list[str], cwd: Path, timeout: int = 1000, stderr: bool = False) -> str:
     """stdout of a command that must succeed (and its stderr with ``stderr``)."""
     res = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
