@@ -23,7 +23,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,pipeline]'
+	$(PY) -m pip install -q -e '.[dev,pipeline,slurm]'
 	touch $(STAMP)
 
 run: $(STAMP)
