@@ -18,7 +18,7 @@ def test_the_wheel_holds_the_library_and_the_tools_are_extras():
     assert {"snakemake", "dvc", "mlflow", "pyyaml", "jsonschema"} <= names(extras["pipeline"])
     (plugin,) = extras["slurm"]
     assert plugin.startswith("snakemake-executor-plugin-slurm==")  # pinned
-    assert ".[dev,pipeline]" in (ROOT / "Makefile").read_text()
+    assert ".[dev,pipeline,slurm]" in (ROOT / "Makefile").read_text()  # make test dry-runs the SLURM profile
 
 
 def test_make_slurm_without_the_plugin_says_how_to_install_it_in_one_line(tmp_path):
