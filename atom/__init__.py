@@ -9,7 +9,8 @@ Public API::
     print(acc["mean"], acc["std"])
 
 Submodules: ``data``, ``imaging``, ``preprocess``, ``augment``, ``networks``, ``losses``,
-``distill``, ``training``, ``evaluate``, ``batched``, ``io``. The library takes devices, dtypes and hyperparameters as arguments; it
+``distill``, ``formation`` (multi-formation), ``speed`` (what ``"auto"`` settings resolve to),
+``training``, ``evaluate``, ``batched``, ``io``. The library takes devices, dtypes and hyperparameters as arguments; it
 reads no configuration files.
 """
 from .augment import DSA, DSAParams

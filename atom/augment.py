@@ -100,23 +100,40 @@ class DSA:
         a group share one family; by default every slot picks its own family."""
         if n < 1:
             raise ValueError(f"n: need at least one slot, got {n}")
+        dev = generator.device  # drawn where the generator lives: a CUDA draw needs no host copy
         if family_groups is None:
-            family = torch.randint(len(self.families), (n,), generator=generator)
+            family = torch.randint(len(self.families), (n,), generator=generator, device=dev)
         else:
             family_groups = torch.as_tensor(family_groups, dtype=torch.long).cpu()
             if family_groups.shape != (n,):
                 raise ValueError(f"family_groups: expected shape ({n},), got {tuple(family_groups.shape)}")
             n_groups = int(family_groups.max()) + 1
-            family = torch.randint(len(self.families), (n_groups,), generator=generator)[family_groups]
-        uniforms = torch.rand((n, len(_COLS)), generator=generator)
+            family = torch.randint(len(self.families), (n_groups,), generator=generator, device=dev)[family_groups.to(dev)]
+        uniforms = torch.rand((n, len(_COLS)), generator=generator, device=dev)
         return Draw(family, uniforms)
 
     # ------------------------------------------------------------------ application
-    def apply(self, x: Tensor, draw: Draw, index: Tensor | None = None) -> Tensor:
-        """Augment ``x`` (N, C, H, W); image ``i`` uses slot ``index[i]`` (default: slot ``i``)."""
+    def apply(self, x: Tensor, draw: Draw, index: Tensor | None = None, dense: bool | None = None) -> Tensor:
+        """Augment ``x`` (N, C, H, W); image ``i`` uses slot ``index[i]`` (default: slot ``i``).
+
+        ``dense`` (default: when the draw lives off the CPU) runs every family on the whole
+        batch and keeps each image's own with ``torch.where``: more arithmetic, but no
+        data-dependent shapes and no device-to-host sync (the gather path below reads the
+        families present on the host). Both give the same values."""
         if x.dim() != 4:
             raise ValueError(f"x: expected a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
         n = x.shape[0]
+        if dense if dense is not None else draw.family.device.type != "cpu":
+            dev = draw.family.device
+            slot = torch.arange(n, device=dev) if index is None else torch.as_tensor(index).to(dev)
+            if index is None and len(draw) != n:
+                raise ValueError(f"draw has {len(draw)} slots for {n} images and no index was given")
+            fam = draw.family[slot].to(x.device).view(-1, 1, 1, 1)
+            u = draw.uniforms[slot].to(device=x.device, dtype=x.dtype)
+            out = x
+            for f, name in enumerate(self.families):
+                out = torch.where(fam == f, self._op(name, x, u), out)
+            return out
         if index is None:
             if len(draw) != n:
                 raise ValueError(f"draw has {len(draw)} slots for {n} images and no index was given")

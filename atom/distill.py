@@ -6,10 +6,12 @@ classes go through the network in one batched forward per branch. The real branc
 ``torch.inference_mode`` and is reduced to class-mean statistics right away; only the
 synthetic branch builds an autograd graph, and SGD updates the synthetic pixels alone.
 
-All randomness (initial subset, network weights, real batches, augmentation) comes from one
-CPU ``torch.Generator`` seeded by ``seed``; its state is saved in every checkpoint, so the same
-seed gives the same synthetic set and a resumed run ends bit-identical to an uninterrupted
-one (on the same device and thread count).
+All randomness comes from generators seeded by ``seed``: the initial subset from a CPU
+``torch.Generator``, and every iteration's network weights, real batch and augmentation from
+a generator on the device (on the CPU, the same generator continues). Their states are saved
+in every checkpoint, so the same seed gives the same synthetic set and a resumed run ends
+bit-identical to an uninterrupted one (on the same device and thread count). On CUDA the
+iteration then runs without a host round trip.
 
 Loss values stay on the device and are read back every ``log_every`` iterations, so the loop
 never waits on the host in between.
@@ -35,19 +37,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
+from .formation import check_factor, decode, encode
 from .io import load_tensors, save_tensors
 from .losses import LossConfig, MatchingLoss
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
 from .selection import RULES as SELECTION_RULES, select
 from .sets import check_dataset, random_subset, resolve_device
+from .speed import DISTILL_SETTINGS, check_setting, resolve_distill
 from .validation import BestSnapshot
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset",
-           "CheckpointMismatchError", "DistillStep", "INITS", "LR_SCHEDULES", "learning_rate", "pixel_range"]
+           "CheckpointMismatchError", "DistillStep", "RealSampler", "INITS", "LR_SCHEDULES", "learning_rate",
+           "pixel_range"]
 
 INITS = ("real", "noise") + tuple(r for r in SELECTION_RULES if r != "random")  # real = random real subset
 LR_SCHEDULES = ("step", "cosine")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,8 @@ class DistillConfig:
     batch_real: int = 128
     # images per forward chunk, real and synthetic (0: the whole batch); results do not change
     # beyond rounding. Small chunks keep activations in cache: 32 measured ~2x faster than
-    # 256 at 32x32 on the CPU.
-    real_chunk: int = 32
+    # 256 at 32x32 on the CPU. "auto" here and in the speed settings below: atom.speed.
+    real_chunk: int | str = "auto"
     lr_img: float | None = None
     momentum: float = 0.5
     # "step": lr_img * lr_gamma ** (milestones passed), constant without milestones;
@@ -78,6 +84,9 @@ class DistillConfig:
     clamp: bool = False
     init: str = "real"  # real | noise | herding | kcenter (atom.selection)
     init_options: dict = field(default_factory=dict)  # atom.selection.select keywords (encoder_epochs, ...)
+    # multi-formation (atom.formation): each stored image holds factor x factor tiles that train
+    # as factor**2 images; 1 = off (the paper's parameterisation)
+    factor: int = 1
     validate_every: int = 0  # score the set every K iterations with `validator` (0: never)
     seed: int = 0
     net: dict = field(default_factory=lambda: dict(width=128, depth=3, act="relu", norm="instancenorm", pool="avg"))
@@ -87,9 +96,11 @@ class DistillConfig:
     log_every: int = 50
     checkpoint_every: int = 0
     snapshot_every: int = 0
-    channels_last: bool = False
-    compile: bool = False
-    bf16: bool = False
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune
+    bf16: bool | str = "auto"
+    winograd: bool | str = "auto"  # CPU: the real branch's 3x3 convolutions as NNPACK Winograd
 
     def __post_init__(self):
         if not isinstance(self.ipc, int) or self.ipc < 1:
@@ -98,10 +109,16 @@ class DistillConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("checkpoint_every", "snapshot_every", "real_chunk", "validate_every"):
+        for name in ("checkpoint_every", "snapshot_every", "validate_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        for name in DISTILL_SETTINGS:
+            check_setting(name, getattr(self, name), int if name == "real_chunk" else bool)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode: must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 1:
+            raise ValueError(f"factor: must be an integer >= 1, got {self.factor!r}")
         if self.init not in INITS:
             raise ValueError(f"init: must be one of {INITS}, got {self.init!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -141,6 +158,12 @@ class DistillResult:
     best_score: float | None = None
     val_curve: list[tuple[int, float]] = field(default_factory=list)
 
+    def training_set(self, best: bool = True) -> tuple[Tensor, Tensor]:
+        """The images a network trains on: the best (or final) set, decoded when it was
+        distilled with ``factor > 1`` (:mod:`atom.formation`)."""
+        images = self.best_images if best and self.best_images is not None else self.images
+        return decode(images, self.labels, int(self.config.get("factor", 1)))
+
     def __iter__(self):  # `x, y = atom.distill(...)`
         yield self.images
         yield self.labels
@@ -153,7 +176,7 @@ class CheckpointMismatchError(ValueError):
 # Keys that must agree between a checkpoint and the run resuming from it.
 _RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_schedule", "lr_milestones",
                 "lr_gamma", "clamp", "init", "init_options", "seed", "net", "loss", "dsa", "dsa_params",
-                "validate_every")
+                "validate_every", "factor")
 
 
 def learning_rate(cfg: DistillConfig, it: int) -> float:
@@ -175,6 +198,39 @@ def pixel_range(images: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
     return lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
 
 
+class RealSampler:
+    """Draws ``batch_real`` real images per class without replacement, for all classes in one
+    vectorised draw on the generator's device (no per-class loop, no host sync): a uniform key
+    per member of a (classes, largest class) table, the ``b`` smallest keys per row. Class
+    ``c``'s images are rows ``c*b .. c*b+b-1`` of the batch (a class smaller than ``b``
+    contributes all its images, and then the labels say which rows are whose)."""
+
+    def __init__(self, labels: Tensor, num_classes: int, batch: int, device: torch.device):
+        counts = torch.bincount(labels, minlength=num_classes)
+        m = int(counts.max())
+        table = torch.full((num_classes, m), -1, dtype=torch.long)
+        for c in range(num_classes):  # once, at construction
+            members = (labels == c).nonzero().squeeze(1)
+            table[c, :len(members)] = members
+        self.b = min(batch, m)
+        self.short = bool((counts < self.b).any())
+        self.table, self.pad = table.to(device), (table < 0).to(device)
+        self.labels = torch.arange(num_classes).repeat_interleave(self.b)  # CPU; valid unless short
+
+    def sample(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(indices on the sampler's device, labels on the CPU); the keys come from ``g`` on its
+        own device (a CUDA generator for a CUDA sampler: nothing crosses the bus)."""
+        keys = torch.rand(self.table.shape, generator=g, device=g.device).to(self.table.device)
+        keys.masked_fill_(self.pad, 2.0)  # padding sorts last
+        idx = self.table.gather(1, keys.topk(self.b, dim=1, largest=False, sorted=True).indices)
+        if not self.short:
+            return idx.flatten(), self.labels
+        idx_cpu = idx.cpu()  # a class smaller than batch_real: drop its padding (one sync)
+        keep = idx_cpu >= 0
+        labels = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx_cpu)[keep]
+        return idx_cpu[keep].to(idx.device), labels
+
+
 class DistillStep:
     """One distillation iteration on fixed data; kept separate so benchmarks can time it.
 
@@ -184,46 +240,54 @@ class DistillStep:
     - all classes go through the network together, and the real branch runs under
       ``torch.inference_mode`` in chunks of ``real_chunk`` images that are reduced to
       per-class sums at once, so activations stay cache-sized;
-    - the ``|f|^p`` map is computed once for both attentions (``MatchingLoss``);
+    - the ``|f|^p`` map is computed once for both attentions (``MatchingLoss``), without the
+      abs pass after ReLU, and in place in the real branch;
     - the synthetic branch runs in chunks of the same size (with autograd), summed into
       class means before the loss;
-    - ``compile=True`` compiles the per-chunk forward + per-class reduction of both branches
-      (inductor fuses normalisation, activation, powers, sums and pooling); its warm-up
-      happens on the first iterations (one graph per chunk shape);
-    - ``channels_last`` and ``bf16`` (autocast, CUDA only) are opt-in accelerator settings.
+    - on the CPU, 2x2 average pooling runs as a GEMM (``atom.networks.avg_pool_2x2``) and,
+      with ``winograd``, the real branch's wide 3x3 convolutions run as NNPACK Winograd;
+    - randomness (network weights, real batch, augmentation) is drawn on the generator's
+      device: with a CUDA generator the iteration has no host round trip;
+    - ``compile`` compiles the per-chunk forward + per-class reduction of both branches
+      (``compile_mode``: torch.compile's mode); ``channels_last`` and ``bf16`` (autocast) are
+      accelerator settings. ``"auto"`` values resolve in :mod:`atom.speed` (``self.settings``).
     """
 
     def __init__(self, cfg: DistillConfig, images: Tensor, labels: Tensor, num_classes: int,
                  device: torch.device, dtype: torch.dtype):
-        self.cfg, self.k, self.device = cfg, num_classes, device
+        self.cfg, self.k, self.device = cfg, num_classes, torch.device(device)
+        self.settings = resolve_distill({key: getattr(cfg, key) for key in DISTILL_SETTINGS}, self.device,
+                                        tuple(images.shape[1:]), cfg.iterations)
+        st = self.settings
         self.images = images.to(device, dtype)
         self.labels = labels
-        self.class_idx = [(labels == c).nonzero().squeeze(1) for c in range(num_classes)]
+        self.sampler = RealSampler(labels.cpu(), num_classes, cfg.batch_real, self.device)
         c, h = images.shape[1], images.shape[2]
         self.net = ConvNet(c, num_classes, h, **cfg.net).to(device, dtype)
         self.net.requires_grad_(False)  # the network is never trained: no parameter gradients
-        if cfg.channels_last:
+        self.net.cpu_kernels, self.net.winograd = True, st["winograd"]
+        if st["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.loss = MatchingLoss(cfg.loss_config, num_classes)
+        self.loss = MatchingLoss(cfg.loss_config, num_classes, nonnegative=cfg.net.get("act", "relu") == "relu")
         self.dsa = DSA(cfg.dsa_config) if cfg.dsa else None
-        self.autocast = cfg.bf16 and device.type == "cuda"
+        self.autocast = st["bf16"]
+        self._labels_dev: dict = {}
         self._real_sums = self._syn_sums = self._sums
-        if cfg.compile:  # two compiled functions: one runs under inference mode, one with autograd
-            self._real_sums = torch.compile(self._sums, dynamic=False)
-            self._syn_sums = torch.compile(self._sums, dynamic=False)
+        if st["compile"]:  # two compiled functions: one runs under inference mode, one with autograd
+            self._real_sums = torch.compile(self._sums, dynamic=False, mode=cfg.compile_mode)
+            self._syn_sums = torch.compile(self._sums, dynamic=False, mode=cfg.compile_mode)
 
     def sample_real(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """A real batch (on the device) and its labels (on the CPU: they index DSA slots and
         class sums, and keeping them there avoids a device-to-host sync)."""
-        b = self.cfg.batch_real
-        idx = torch.cat([ci[torch.randperm(len(ci), generator=g)[:b]] for ci in self.class_idx])
-        return self.images[idx.to(self.device)], self.labels[idx]
+        idx, labels = self.sampler.sample(g)
+        return self.images[idx.to(self.device)], labels
 
     def _prepare(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.settings["channels_last"] else x
 
     def _forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             feats, emb = self.net.features(self._prepare(x))
         if self.autocast:  # statistics in float32
             feats, emb = [f.float() for f in feats], emb.float()
@@ -234,7 +298,21 @@ class DistillStep:
         return self.loss.class_sums(*self._forward(x), y)
 
     def _chunk(self, n: int) -> int:
-        return n if (not self.cfg.real_chunk or self.cfg.net.get("norm") == "batchnorm") else self.cfg.real_chunk
+        chunk = self.settings["real_chunk"]
+        return n if (not chunk or self.cfg.net.get("norm") == "batchnorm") else chunk
+
+    def _on_device(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(labels, DSA slots, per-class counts) on the device, cached per labels tensor: the
+        iteration then copies nothing from the host."""
+        key = (labels.data_ptr(), labels.numel())
+        hit = self._labels_dev.get(key)
+        if hit is None or not torch.equal(hit[3], labels):
+            counts = torch.bincount(labels, minlength=self.k).clamp(min=1)
+            hit = (labels.to(self.device), labels.to(self.device), counts.to(self.device), labels.clone())
+            if len(self._labels_dev) > 8:
+                self._labels_dev.clear()
+            self._labels_dev[key] = hit
+        return hit[:3]
 
     def _class_means(self, x: Tensor, labels: Tensor, sums_fn, draw=None) -> list[Tensor]:
         """Class means of every loss term over ``x`` (labels on the CPU), reduced chunk by
@@ -242,38 +320,38 @@ class DistillStep:
         activation small (on the CPU a large fresh allocation costs more in page faults than
         the arithmetic on it, and a chunk whose activations stay in cache runs about 2x faster
         than one that does not). ``draw``: augment each chunk with it first."""
-        n, y_dev = x.shape[0], labels.to(self.device, non_blocking=True)
+        n = x.shape[0]
+        y_dev, slots, counts = self._on_device(labels)
+        slots = slots if draw is not None and draw.family.device.type != "cpu" else labels
         chunk, sums = self._chunk(n), None
         for i in range(0, n, chunk):
             xi = x[i:i + chunk]
             if draw is not None:
-                xi = self.dsa.apply(xi, draw, labels[i:i + chunk])
+                xi = self.dsa.apply(xi, draw, slots[i:i + chunk])
             part = sums_fn(xi, y_dev[i:i + chunk])
             sums = part if sums is None else [a + b for a, b in zip(sums, part)]
-        counts = torch.bincount(labels, minlength=self.k).clamp(min=1).to(sums[0].device, sums[0].dtype)
-        return [s / counts[:, None] for s in sums]
+        return [s / counts[:, None].to(s.dtype) for s in sums]
 
     def real_statistics(self, real: Tensor, real_labels: Tensor, draw) -> list[Tensor]:
         """Class means of the (augmented) real batch; call under ``torch.inference_mode``."""
         return self._class_means(real, real_labels, self._real_sums, draw)
 
     def __call__(self, syn: Tensor, syn_labels: Tensor, g: torch.Generator) -> Tensor:
-        """Draw net, real batch and augmentation from ``g``; return the loss (graph to ``syn``).
-        ``syn_labels`` live on the CPU."""
+        """Draw net, real batch and augmentation from ``g`` (on its device); return the loss
+        (graph to ``syn``). ``syn_labels`` live on the CPU."""
         init_weights(self.net, g)
         real, real_labels = self.sample_real(g)
         draw = self.dsa.sample(self.k, g) if self.dsa else None
         with torch.inference_mode():
             stats_real = self.real_statistics(real, real_labels, draw)
         stats_real = [s.clone() for s in stats_real]  # plain tensors, usable in the autograd graph
-        x = self.dsa.apply(syn, draw, syn_labels) if draw is not None else syn
         if syn_labels.min() < 0 or syn_labels.max() >= self.k:  # CPU labels: no device sync
             raise ValueError(f"labels: values must lie in [0, {self.k}), got "
                              f"[{int(syn_labels.min())}, {int(syn_labels.max())}]")
         # the synthetic branch in chunks too: the graph keeps the same activations, but each
         # is a small allocation the heap reuses (at IPC 50 one 500-image forward was slower
         # than the reference's per-class forwards: every 260 MB activation was page-faulted)
-        return self.loss.compare(stats_real, self._class_means(x, syn_labels, self._syn_sums))
+        return self.loss.compare(stats_real, self._class_means(syn, syn_labels, self._syn_sums, draw))
 
 
 def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
@@ -294,10 +372,12 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     """
     cfg = DistillConfig(ipc=ipc, method=method, **config)
     k = check_dataset(images, labels, num_classes)
+    check_factor(cfg.factor, images.shape[2], images.shape[3])
+    f2 = cfg.factor * cfg.factor  # real images per stored image (multi-formation)
     counts = torch.bincount(labels, minlength=k)
-    if int(counts.min()) < ipc:
-        raise ValueError(f"ipc: {ipc} exceeds the smallest class ({int(counts.min())} images, "
-                         f"class {int(counts.argmin())})")
+    if int(counts.min()) < ipc * f2:
+        raise ValueError(f"ipc: {ipc}{f' x factor**2 = {ipc * f2}' if f2 > 1 else ''} exceeds the smallest class "
+                         f"({int(counts.min())} images, class {int(counts.argmin())})")
     if cfg.validate_every and validator is None:
         raise ValueError("validate_every: > 0 needs a validator(images, labels) -> score")
     dev = resolve_device(device)
@@ -305,17 +385,21 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         tune_allocator()
     labels = labels.cpu().long()
     g = torch.Generator().manual_seed(cfg.seed)
+    # the loop's draws: on the CPU the same generator continues (one stream); elsewhere a
+    # generator on the device, seeded alike, so no draw is copied from the host
+    gd = g if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(cfg.seed)
     start, losses, snapshots = 0, [], []
 
-    init_idx = random_subset(labels, ipc, g, k)  # consumed for every init: the same RNG stream
+    init_idx = random_subset(labels, ipc * f2, g, k)  # consumed for every init: the same RNG stream
     if cfg.init == "real":
-        syn0 = images[init_idx].clone()
+        syn0 = encode(images[init_idx].clone(), cfg.factor)
     elif cfg.init == "noise":
         syn0 = torch.randn((k * ipc, *images.shape[1:]), generator=g)
     else:  # a selection rule; its own generator is seeded with the same seed
-        syn0 = images[select(images, labels, ipc, cfg.init, seed=cfg.seed, num_classes=k, device=dev,
-                             progress=progress, net=cfg.net, **cfg.init_options)].clone()
+        syn0 = encode(images[select(images, labels, ipc * f2, cfg.init, seed=cfg.seed, num_classes=k, device=dev,
+                                    progress=progress, net=cfg.net, **cfg.init_options)].clone(), cfg.factor)
     syn_labels = torch.arange(k).repeat_interleave(ipc)
+    train_labels = decode(syn0[:0], syn_labels, cfg.factor)[1]  # the labels of the decoded set
     syn = syn0.to(dev, dtype).requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
     bounds = [b.to(dev, dtype) for b in pixel_range(images)] if cfg.clamp else None
@@ -333,12 +417,20 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
             syn.copy_(state["images"].to(dev, dtype))
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
+        if gd is not g:
+            if "device_generator" not in state:
+                raise CheckpointMismatchError(f"{ckpt}: checkpoint was made on the CPU, this run is on {dev}")
+            gd.set_state(state["device_generator"])
+        elif "device_generator" in state:
+            raise CheckpointMismatchError(f"{ckpt}: checkpoint was made on an accelerator, this run is on the CPU")
         start, losses = int(state["iteration"]), list(map(float, state["losses"]))
         if "best" in state:
             best = BestSnapshot.from_state(state["best"])
         log.info("resumed from %s at iteration %d", ckpt, start)
 
     step = DistillStep(cfg, images, labels, k, dev, dtype)
+    log.info("speed settings on %s: %s", dev, ", ".join(f"{key}={v}" for key, v in step.settings.items()))
+    config = dict(cfg.to_dict(), resolved=dict(step.settings))
     pending: list[Tensor] = []
 
     def flush():
@@ -350,11 +442,12 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         flush()
         save_tensors({"images": syn.detach().cpu(), "labels": syn_labels, "optimizer": opt.state_dict(),
                       "generator": g.get_state(), "iteration": iteration,
+                      **({} if gd is g else {"device_generator": gd.get_state()}),
                       "losses": torch.tensor(losses, dtype=torch.float64), "best": best.state_dict(),
                       "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
 
     def validate(iteration: int):
-        score = float(validator(syn.detach().cpu().clone(), syn_labels))
+        score = float(validator(*decode(syn.detach().cpu().clone(), syn_labels, cfg.factor)))
         if best.update(iteration, syn, score):
             log.info("iteration %d: validation %.4g (new best)", iteration, score)
         else:
@@ -368,7 +461,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     for it in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
-        loss = step(syn, syn_labels, g)
+        loss = step(decode(syn, syn_labels, cfg.factor)[0], train_labels, gd)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -396,8 +489,8 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     flush()
     final = syn.detach().cpu()
     if validator is None:
-        return DistillResult(final, syn_labels, losses, cfg.to_dict(), time.perf_counter() - t0, snapshots,
+        return DistillResult(final, syn_labels, losses, config, time.perf_counter() - t0, snapshots,
                              best_images=final)
-    return DistillResult(final, syn_labels, losses, cfg.to_dict(), time.perf_counter() - t0, snapshots,
+    return DistillResult(final, syn_labels, losses, config, time.perf_counter() - t0, snapshots,
                          best_images=best.images, best_iteration=best.iteration, best_score=best.score,
                          val_curve=list(best.curve))

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .batched import evaluate_batched
-from .sets import check_dataset, random_subset
+from .sets import check_dataset, random_subset, resolve_device
+from .speed import resolve_batched
 # the per-seed protocol lives in atom.training; re-exported here, where it was first defined
 from .training import EvalConfig, accuracy, summarize, train_evaluate
 
@@ -33,14 +34,15 @@ log = logging.getLogger(__name__)
 
 def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
              seeds: list[int] | tuple[int, ...] = (0, 1, 2, 3, 4), num_classes: int | None = None,
-             device: str | torch.device = "auto", progress: bool = True, batched: bool = False,
+             device: str | torch.device = "auto", progress: bool = True, batched: bool | str = "auto",
              **kwargs) -> dict:
     """Run :func:`train_evaluate` once per seed; return per-seed accuracies, mean and std.
-    ``batched=True`` trains all seeds together (:mod:`atom.batched`; same per-seed results)."""
+    ``batched=True`` trains all seeds together (:mod:`atom.batched`; same per-seed results);
+    ``"auto"`` does so on CUDA only (:func:`atom.speed.resolve_batched`)."""
     if not seeds:
         raise ValueError("seeds: need at least one seed")
     cfg = kwargs.pop("config", None) or EvalConfig(**kwargs)
-    if batched:
+    if resolve_batched(batched, resolve_device(device)):
         return evaluate_batched(train_x, train_y, test_x, test_y, seeds=seeds, num_classes=num_classes,
                                 device=device, progress=progress, config=cfg)
     runs = []

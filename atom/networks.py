@@ -13,6 +13,7 @@ reproducible without touching the global RNG.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -39,6 +40,36 @@ def _norm(kind: str, channels: int, size: int) -> nn.Module:
     if kind == "groupnorm":
         return nn.GroupNorm(4 if channels % 4 == 0 else 1, channels, affine=True)
     raise AssertionError(kind)
+
+
+_POOL_MATRICES: dict = {}
+
+
+def avg_pool_2x2(x: Tensor) -> Tensor:
+    """``F.avg_pool2d(x, 2)`` for even H and W as one GEMM: each row pair (2W values) times a
+    (2W, W/2) matrix of 0.25s. On the CPU this is ~3x faster than PyTorch's NCHW pooling
+    kernel (2.9 vs 8.5 ms for 32x128x32x32, one thread) and gives the same values."""
+    n, c, h, w = x.shape
+    key = (w, x.device, x.dtype)
+    m = _POOL_MATRICES.get(key)
+    if m is None:
+        with torch.inference_mode(False):  # a normal tensor: autograd may save it for backward
+            j = torch.arange(2 * w)
+            m = torch.zeros(2 * w, w // 2, dtype=x.dtype)
+            m[j, (j % w) // 2] = 0.25
+            m = _POOL_MATRICES[key] = m.to(x.device)
+    return (x.reshape(n * c * h // 2, 2 * w) @ m).view(n, c, h // 2, w // 2)
+
+
+@contextlib.contextmanager
+def _winograd():
+    """NNPACK's Winograd convolution (oneDNN off) for 3x3 convolutions without autograd."""
+    mkldnn = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(mkldnn)
 
 
 def _check_norm(norm: str) -> None:
@@ -69,6 +100,9 @@ class ConvNet(nn.Module):
         self.config = dict(channels=channels, num_classes=num_classes, im_size=im_size, width=width,
                            depth=depth, act=act, norm=norm, pool=pool)
         self.convs, self.norms, self.acts, self.pools = (nn.ModuleList() for _ in range(4))
+        # on the CPU, 2x2 average pooling as a GEMM (avg_pool_2x2); set by atom.distill
+        self.cpu_kernels = False
+        self.winograd = False
         # layers draw a throw-away default init from the global RNG; fork it so that building a
         # network never shifts anybody else's random stream (real weights come from init_weights)
         with torch.random.fork_rng(devices=[]):
@@ -93,10 +127,19 @@ class ConvNet(nn.Module):
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """Post-activation map of every block (before pooling) and the final embedding."""
         feats = []
+        fast_pool = self.cpu_kernels and x.device.type == "cpu" and self.config["pool"] == "avg"
+        fast_relu = self.cpu_kernels and self.config["act"] == "relu"
+        winograd = self.winograd and x.device.type == "cpu" and not torch.is_grad_enabled()
         for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
-            x = act(norm(conv(x)))
+            if winograd and conv.in_channels >= 8:
+                with _winograd():
+                    x = norm(conv(x))
+            else:
+                x = norm(conv(x))
+            # without autograd (the real branch) the ReLU runs in place on the fresh map
+            x = x.relu_() if fast_relu and not torch.is_grad_enabled() else act(x)
             feats.append(x)
-            x = pool(x)
+            x = avg_pool_2x2(x) if fast_pool and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 else pool(x)
         return feats, x.flatten(1)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -203,14 +246,16 @@ def init_weights(module: nn.Module, generator: torch.Generator | None = None) ->
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             w = m.weight
-            # draw on the CPU from the CPU generator, then copy: identical on every device
-            tmp = torch.empty(w.shape, dtype=torch.float32)
+            # drawn in float32 where the generator lives (a CPU generator: identical on every
+            # device; a CUDA one: no host copy), then copied into the parameter
+            dev = generator.device if generator is not None else torch.device("cpu")
+            tmp = torch.empty(w.shape, dtype=torch.float32, device=dev)
             nn.init.kaiming_uniform_(tmp, a=math.sqrt(5), generator=generator)
             w.copy_(tmp)
             if m.bias is not None:
                 fan_in = w[0].numel()
                 bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                m.bias.copy_(torch.empty(m.bias.shape).uniform_(-bound, bound, generator=generator))
+                m.bias.copy_(torch.empty(m.bias.shape, device=dev).uniform_(-bound, bound, generator=generator))
         elif isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)):
             if getattr(m, "weight", None) is not None:
                 m.weight.fill_(1.0)

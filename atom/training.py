@@ -101,12 +101,12 @@ def accuracy(net: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: i
     was_training = net.training
     net.eval()
     dev = next(net.parameters()).device
-    correct = 0
+    images, labels = images.to(dev), labels.to(dev)  # one transfer, one count read back at the end
+    correct = torch.zeros((), dtype=torch.long, device=dev)
     for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(dev)
-        correct += int((net(x).argmax(1) == labels[i:i + batch_size].to(dev)).sum())
+        correct += (net(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum()
     net.train(was_training)
-    return 100.0 * correct / images.shape[0]
+    return 100.0 * int(correct) / images.shape[0]
 
 
 def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
@@ -131,9 +131,9 @@ def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"evaluate seed {seed}", leave=False):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(dev)  # one transfer per epoch, none per batch
         for i in range(0, n, bs):
-            idx = perm[i:i + bs].to(dev)
+            idx = perm[i:i + bs]
             x, y = x_all[idx], y_all[idx]
             if dsa is not None:
                 x = dsa(x, g)  # per-image parameters, one family per batch

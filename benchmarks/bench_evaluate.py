@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_evaluate(x, y, tx, ty, seed=99, **warm)
     evaluate(x, y, tx, ty, seeds=[97, 98], progress=False, batched=True, **warm)
     one, w1, c1 = timed(lambda: train_evaluate(x, y, tx, ty, seed=0, **kw))
-    seq, ws, cs = timed(lambda: evaluate(x, y, tx, ty, seeds=seeds, progress=False, **kw))
+    seq, ws, cs = timed(lambda: evaluate(x, y, tx, ty, seeds=seeds, progress=False, batched=False, **kw))
     from atom.batched import evaluate_batched
     bat, wb, cb = timed(lambda: evaluate(x, y, tx, ty, seeds=seeds, progress=False, batched=True, **kw))
     other = "vmap" if dev.type != "cuda" else "loop"

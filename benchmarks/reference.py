@@ -12,7 +12,8 @@ and checked against. It deliberately keeps the parent code's shape:
   running loss that way), which on an accelerator stalls the stream once per term.
 
 It consumes the caller's generator exactly as ``DistillStep`` does (network weights, then the real
-batch of every class, then one :class:`atom.augment.Draw` with a slot per class), so with the
+batch of every class from :class:`atom.distill.RealSampler`, then one :class:`atom.augment.Draw`
+with a slot per class), so with the
 same generator state both see the same network, the same real images and the same
 augmentation, and their losses and gradients on the synthetic pixels agree to rounding.
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atom.augment import DSA
-from atom.distill import DistillConfig
+from atom.distill import DistillConfig, RealSampler
 from atom.networks import ConvNet, init_weights
 
 __all__ = ["ReferenceStep"]
@@ -42,7 +43,7 @@ class ReferenceStep:
                  device: torch.device, dtype: torch.dtype = torch.float32):
         self.cfg, self.k, self.device = cfg, num_classes, torch.device(device)
         self.images = images.to(self.device, dtype)
-        self.class_idx = [(labels == c).nonzero().squeeze(1) for c in range(num_classes)]
+        self.sampler = RealSampler(labels.cpu(), num_classes, cfg.batch_real, self.device)
         c, h = images.shape[1], images.shape[2]
         self.net = ConvNet(c, num_classes, h, **cfg.net).to(self.device, dtype)
         for p in self.net.parameters():
@@ -85,9 +86,11 @@ class ReferenceStep:
     def __call__(self, syn: Tensor, syn_labels: Tensor, g: torch.Generator) -> Tensor:
         cfg, lc = self.cfg, self.lc
         init_weights(self.net, g)
-        b = cfg.batch_real
-        # same RNG order as DistillStep: every class's real batch, then one draw with a slot per class
-        real_idx = [ci[torch.randperm(len(ci), generator=g)[:b]] for ci in self.class_idx]
+        # same RNG order as DistillStep: the real batch (the parent shuffles each class's
+        # indices; here one shared sampler draws every class's batch), then one draw with a
+        # slot per class
+        idx, lab = self.sampler.sample(g)
+        real_idx = [idx[(lab == c).to(idx.device)] for c in range(self.k)]
         draw = self.dsa.sample(self.k, g) if self.dsa else None
         loss = torch.zeros((), device=self.device, dtype=syn.dtype)
         self.logged = 0.0

@@ -75,7 +75,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     else:
         res = distill(xt, yt, ipc=ipc, method=method, num_classes=k, device=device, progress=False, seed=seed,
                       validator=validator, **dcfg)
-        syn_x, syn_y = res.best_images, res.labels
+        syn_x, syn_y = res.training_set()  # decoded when distill.factor > 1
         out.update(val_curve=res.val_curve, best_iteration=res.best_iteration, losses=res.losses,
                    distill_seconds=res.seconds)
     out["select_seconds"] = time.perf_counter() - t0
@@ -91,8 +91,7 @@ def recipe_for(params: dict, dataset: str, method: str, protocol: str | None) ->
     if protocol is not None:
         params["datasets"][dataset]["protocol"] = protocol
     seeds, ev, batched = evaluate_settings(params, dataset, method if method in METHODS else "random")
-    if batched:
-        ev["batched"] = True
+    ev["batched"] = batched  # true | false | "auto": atom.evaluate resolves it per device
     dcfg = distill_kwargs(params, dataset, method if method in METHODS else METHODS[0])
     return {"distill": dcfg, "evaluate": dict(ev, seeds=seeds), "validation": section(params, "validation", dataset)}
 

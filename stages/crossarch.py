@@ -26,13 +26,14 @@ def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: in
     """{name: (images, labels)}: every method's synthetic set at ``ipc``, then the random subset
     of the same size, drawn as the random baseline draws it."""
     from atom.evaluate import baseline_set
+    from atom.formation import training_set
     from atom.io import load_tensors
     from atom.validation import carve
 
     out = {}
     for m in params["experiment"]["methods"]:
         syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc))
-        out[m] = (syn["images"], syn["labels"])
+        out[m] = training_set(syn)  # decoded when distilled with factor > 1
     val = section(params, "validation", dataset)
     pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"],
                                  num_classes)

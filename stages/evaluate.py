@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     prep = load_tensors(st.path("prepared"))
     k = len(prep["classes"])
     if st.method in METHODS:
-        syn = load_tensors(st.path("synthetic"))
-        train_x, train_y = syn["images"], syn["labels"]
+        from atom.formation import training_set
+        train_x, train_y = training_set(load_tensors(st.path("synthetic")))  # decoded when factor > 1
     elif st.method == "full":
         train_x, train_y = prep["train_images"], prep["train_labels"]
     else:  # random, selected: from distillation's training part, with distillation's seed
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
                          device=st.resolved_device(), net=dist["net"], **dist["init_options"])
             train_x, train_y = pool_x[idx], pool_y[idx]
     device = st.resolved_device()
+    from atom.speed import resolve_batched
+    batched = resolve_batched(batched, device)
     extra = {"batched": True} if batched else {}
     st.log.info("evaluating %s/%s ipc %s: %d images, seeds %s, %s", st.dataset, st.method, st.ipc,
                 train_x.shape[0], seeds, cfg)

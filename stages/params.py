@@ -144,13 +144,13 @@ def distill_kwargs(params: dict, dataset: str, method: str) -> dict:
 
 
 def evaluate_settings(params: dict, dataset: str, kind: str) -> tuple[list[int], dict, bool]:
-    """(seeds, EvalConfig keyword arguments, batched) for a method or baseline ``kind``."""
+    """(seeds, EvalConfig keyword arguments, batched: true/false/"auto") for a method or baseline ``kind``."""
     cfg = section(params, "evaluate", dataset)
     full = cfg.pop("full")
     if kind == "full":
         cfg.update(full)
     seeds = list(cfg.pop("seeds"))
-    batched = bool(cfg.pop("batched"))
+    batched = cfg.pop("batched")  # true | false | "auto" (atom.speed.resolve_batched, per device)
     cfg["dsa_params"] = dict(params["dsa"])
     return seeds, cfg, batched
 

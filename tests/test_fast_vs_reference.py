@@ -5,6 +5,9 @@ Gradients are compared in float64: in float32 the gradient of the normalised 4th
 attention is itself only accurate to ~1e-4 (measured against float64), so a float32
 comparison would test rounding, not the code. Losses are also compared in float32.
 """
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,3 +82,22 @@ def test_bench_distill_quick_smoke(capsys):
         torch.set_num_threads(threads)  # the script sets 1 thread for itself
     assert res["digits-ipc10"]["loss_rel"] <= 1e-4 and res["digits-ipc10"]["ratio"] > 0
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_gpu_script_cpu_path(tmp_path):
+    """benchmarks/gpu.sh, the prepared GPU check, runs its CPU smoke path end to end and writes
+    one Markdown report with every part (none ran out of time or failed)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DEVICE="cpu", QUICK="1", OUT=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(root / "benchmarks/gpu.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "gpu.md").read_text()
+    for section in ("## distill", "## run", "## evaluate", "Device: CPU", "project (auto)", "8000 iterations"):
+        assert section in report, section
+    assert "exit code" not in report, report
+    assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["s_per_iter"] > 0
