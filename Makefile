@@ -45,6 +45,7 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_distill.py
+	$(PY) benchmarks/bench_run.py --ipc 10 --warmup 3 --iterations 5
 	$(PY) benchmarks/bench_evaluate.py
 
 paper: $(STAMP)
