@@ -43,11 +43,17 @@ def figure(cells: list[dict], path: Path) -> None:
 
     ipcs = sorted({c["ipc"] for c in cells if len(c["val_curve"]) > 1})
     fig, axes = plt.subplots(1, len(ipcs), figsize=(5.5 * len(ipcs), 3.6), squeeze=False)
+    # colour = method, line style + marker = recipe: a dozen curves stay tellable apart
+    colours = {"atom": "tab:blue", "datadam": "tab:orange", "dm": "tab:green"}
+    names = sorted({c["name"] for c in cells})
+    styles = [(ls, mk) for mk in "os^vDx" for ls in ("-", "--", ":")]
     for ax, ipc in zip(axes[0], ipcs):
         for c in cells:
             if c["ipc"] == ipc and len(c["val_curve"]) > 1:
                 its, accs = zip(*c["val_curve"])
-                ax.plot(its, accs, "o-", ms=3, lw=1, label=f"{c['method']} {c['name']}")
+                ls, mk = styles[names.index(c["name"]) % len(styles)]
+                ax.plot(its, accs, ls=ls, marker=mk, ms=3, lw=1, color=colours.get(c["method"]),
+                        label=f"{c['method']} {c['name']}")
         ax.set_title(f"IPC {ipc}: validation accuracy while distilling")
         ax.set_xlabel("iteration")
         ax.set_ylabel("accuracy on held-out training images (%)")
