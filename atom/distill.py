@@ -117,8 +117,7 @@ class DistillConfig:
             check_setting(name, getattr(self, name), int if name == "real_chunk" else bool)
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode: must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 1:
-            raise ValueError(f"factor: must be an integer >= 1, got {self.factor!r}")
+        check_factor(self.factor)
         if self.init not in INITS:
             raise ValueError(f"init: must be one of {INITS}, got {self.init!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -301,18 +300,18 @@ class DistillStep:
         chunk = self.settings["real_chunk"]
         return n if (not chunk or self.cfg.net.get("norm") == "batchnorm") else chunk
 
-    def _on_device(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(labels, DSA slots, per-class counts) on the device, cached per labels tensor: the
-        iteration then copies nothing from the host."""
+    def _on_device(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(labels, per-class counts) on the device, cached per labels tensor: the iteration
+        then copies nothing from the host. The device labels double as DSA slots."""
         key = (labels.data_ptr(), labels.numel())
         hit = self._labels_dev.get(key)
-        if hit is None or not torch.equal(hit[3], labels):
+        if hit is None or not torch.equal(hit[2], labels):
             counts = torch.bincount(labels, minlength=self.k).clamp(min=1)
-            hit = (labels.to(self.device), labels.to(self.device), counts.to(self.device), labels.clone())
+            hit = (labels.to(self.device), counts.to(self.device), labels.clone())
             if len(self._labels_dev) > 8:
                 self._labels_dev.clear()
             self._labels_dev[key] = hit
-        return hit[:3]
+        return hit[:2]
 
     def _class_means(self, x: Tensor, labels: Tensor, sums_fn, draw=None) -> list[Tensor]:
         """Class means of every loss term over ``x`` (labels on the CPU), reduced chunk by
@@ -321,8 +320,9 @@ class DistillStep:
         the arithmetic on it, and a chunk whose activations stay in cache runs about 2x faster
         than one that does not). ``draw``: augment each chunk with it first."""
         n = x.shape[0]
-        y_dev, slots, counts = self._on_device(labels)
-        slots = slots if draw is not None and draw.family.device.type != "cpu" else labels
+        y_dev, counts = self._on_device(labels)
+        # slots where the draw lives: a CPU draw's gather path reads them on the host
+        slots = y_dev if draw is not None and draw.family.device.type != "cpu" else labels
         chunk, sums = self._chunk(n), None
         for i in range(0, n, chunk):
             xi = x[i:i + chunk]

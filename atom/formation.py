@@ -21,10 +21,11 @@ from torch import Tensor
 __all__ = ["decode", "encode", "check_factor", "training_set"]
 
 
-def check_factor(factor, height: int, width: int) -> None:
+def check_factor(factor, height: int | None = None, width: int | None = None) -> None:
+    """``factor`` must be an integer >= 1 and, given an image size, divide it."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
         raise ValueError(f"factor: must be an integer >= 1, got {factor!r}")
-    if height % factor or width % factor:
+    if height is not None and (height % factor or width % factor):
         raise ValueError(f"factor: {factor} does not divide the image size {height}x{width}")
 
 

@@ -131,11 +131,9 @@ class ConvNet(nn.Module):
         fast_relu = self.cpu_kernels and self.config["act"] == "relu"
         winograd = self.winograd and x.device.type == "cpu" and not torch.is_grad_enabled()
         for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
-            if winograd and conv.in_channels >= 8:
-                with _winograd():
-                    x = norm(conv(x))
-            else:
-                x = norm(conv(x))
+            with _winograd() if winograd and conv.in_channels >= 8 else contextlib.nullcontext():
+                x = conv(x)
+            x = norm(x)
             # without autograd (the real branch) the ReLU runs in place on the fresh map
             x = x.relu_() if fast_relu and not torch.is_grad_enabled() else act(x)
             feats.append(x)

@@ -145,7 +145,7 @@ def train_evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     acc = accuracy(net, test_x, test_y, cfg.eval_batch_size)
     if not math.isfinite(acc):
         raise FloatingPointError("accuracy is not finite")
-    out = {"accuracy": acc, "train_accuracy": accuracy(net, train_x, train_y, cfg.eval_batch_size),
+    out = {"accuracy": acc, "train_accuracy": accuracy(net, x_all, y_all, cfg.eval_batch_size),
            "seconds": seconds, "seed": seed}
     if return_net:
         out["net"] = net

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     ca = st.params["crossarch"]
     if st.ipc not in ca["ipcs"]:
         raise ValueError(f"--ipc: {st.ipc} is not in crossarch.ipcs {ca['ipcs']}")
-    _, cfg, _ = evaluate_settings(st.params, st.dataset, "method")
-    cfg.update(epochs=ca["epochs"])
+    _, cfg, batched = evaluate_settings(st.params, st.dataset, "method")
+    cfg.update(epochs=ca["epochs"], batched=batched)
     from atom.evaluate import evaluate
     from atom.io import load_tensors, write_json
 

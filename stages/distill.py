@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                                            val["seed"], k)
     validator = None
     if val_x is not None:
-        _, eval_cfg, _ = evaluate_settings(st.params, st.dataset, st.method)
+        _, eval_cfg, batched = evaluate_settings(st.params, st.dataset, st.method)
         validator = make_validator(val_x, val_y, seeds=val["seeds"], num_classes=k, device=device,
-                                   **dict(eval_cfg, epochs=val["epochs"]))
+                                   **dict(eval_cfg, epochs=val["epochs"], batched=batched))
     else:
         kwargs["validate_every"] = 0
     st.log.info("distilling %s/%s ipc %d on %s with %s; %d training images, %s validation images",

@@ -73,14 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     device = st.resolved_device()
     from atom.speed import resolve_batched
     batched = resolve_batched(batched, device)
-    extra = {"batched": True} if batched else {}
     st.log.info("evaluating %s/%s ipc %s: %d images, seeds %s, %s", st.dataset, st.method, st.ipc,
                 train_x.shape[0], seeds, cfg)
     # each seed's accuracy as it finishes (atom.evaluate logs it): metric seed_accuracy, step = seed
     stream = MetricStream(parent, {f: (lambda a: ("seed_accuracy", a[1], a[0])) for f in SEED_RECORDS})
     with stream.attach("atom.evaluate", "atom.batched"):
         res = evaluate(train_x, train_y, prep["test_images"], prep["test_labels"], seeds=seeds, num_classes=k,
-                       device=device, progress=True, **cfg, **extra)
+                       device=device, progress=True, batched=batched, **cfg)
     runs = [{key: r[key] for key in ("seed", "accuracy", "train_accuracy", "seconds") if key in r}
             for r in res["runs"]]
     # numbers only (`dvc metrics diff` / `dvc exp show`), per seed under the seed's name; no
