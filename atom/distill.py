@@ -42,7 +42,7 @@ from .io import load_tensors, save_tensors
 from .losses import LossConfig, MatchingLoss
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
-from .selection import RULES as SELECTION_RULES, select
+from .selection import RULES as SELECTION_RULES, selected_set
 from .sets import check_dataset, random_subset, resolve_device
 from .speed import DISTILL_SETTINGS, check_setting, resolve_distill
 from .validation import BestSnapshot
@@ -396,8 +396,8 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     elif cfg.init == "noise":
         syn0 = torch.randn((k * ipc, *images.shape[1:]), generator=g)
     else:  # a selection rule; its own generator is seeded with the same seed
-        syn0 = encode(images[select(images, labels, ipc * f2, cfg.init, seed=cfg.seed, num_classes=k, device=dev,
-                                    progress=progress, net=cfg.net, **cfg.init_options)].clone(), cfg.factor)
+        syn0 = selected_set(images, labels, ipc, cfg.init, factor=cfg.factor, seed=cfg.seed, num_classes=k,
+                            device=dev, progress=progress, net=cfg.net, **cfg.init_options)[0]
     syn_labels = torch.arange(k).repeat_interleave(ipc)
     train_labels = decode(syn0[:0], syn_labels, cfg.factor)[1]  # the labels of the decoded set
     syn = syn0.to(dev, dtype).requires_grad_(True)

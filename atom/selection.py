@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .formation import check_factor, encode
 from .sets import check_dataset, random_subset, resolve_device
 from .networks import ConvNet, init_weights
 
-__all__ = ["RULES", "select", "herding", "kcenter", "train_encoder", "embed", "rule_of"]
+__all__ = ["RULES", "select", "selected_set", "herding", "kcenter", "train_encoder", "embed", "rule_of"]
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +159,19 @@ def select(images: Tensor, labels: Tensor, ipc: int, rule: str = "herding", *, s
         chosen.append(cls[picker(feats, ipc)])
     log.info("selected %d images per class by %s (encoder: %d epochs)", ipc, rule, encoder_epochs)
     return torch.cat(chosen)
+
+
+def selected_set(images: Tensor, labels: Tensor, ipc: int, rule: str = "herding", *, factor: int = 1,
+                 **select_options) -> tuple[Tensor, Tensor]:
+    """The stored set a selection start gives, as distillation stores it: ``ipc * factor**2``
+    images per class chosen by :func:`select`, packed into ``ipc`` mosaics per class
+    (:func:`atom.formation.encode`; with ``factor`` 1, the chosen images themselves), and their
+    labels. :func:`atom.formation.decode` turns it into the images a network trains on.
+
+    Distillation with a selection ``init`` starts from exactly this set, and the ``selected``
+    baseline evaluates it, so the baseline measures distillation's real start."""
+    check_factor(factor, images.shape[-2], images.shape[-1])
+    if not isinstance(ipc, int) or ipc < 1:
+        raise ValueError(f"ipc: must be a positive integer, got {ipc!r}")
+    idx = select(images, labels, ipc * factor * factor, rule, **select_options)
+    return encode(images[idx].clone(), factor), labels[idx].cpu().long()[::factor * factor].clone()

@@ -8,7 +8,8 @@
 
 The random baseline draws ``ipc`` real images per class with ``runtime.seed``, the same draw
 the real initialisation makes; the selected baseline is the set ``distill.init``'s selection
-rule picks (herding when init is real or noise), the set distillation starts from. Both draw
+rule picks (herding when init is real or noise), the set distillation starts from (with
+``distill.factor`` f > 1: ipc mosaics of f**2 selected images per class, decoded). Both draw
 from the training part of the validation split (``validation``), as distillation does. Settings: the ``evaluate`` section merged with the dataset group's
 overrides (``evaluate.full`` applies to the full baseline); ``evaluate.batched`` is passed to
 the evaluator only when true. Writes ``<paths.results>/evaluate/<dataset>/<method>/ipc<k>/
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     elif st.method == "full":
         train_x, train_y = prep["train_images"], prep["train_labels"]
     else:  # random, selected: from distillation's training part, with distillation's seed
-        from atom.selection import rule_of, select
+        from atom.formation import decode
+        from atom.selection import rule_of, selected_set
         from atom.validation import carve
 
         val, seed = section(st.params, "validation", st.dataset), st.params["runtime"]["seed"]
@@ -66,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         if st.method == "random":
             train_x, train_y = baseline_set("random", pool_x, pool_y, ipc=st.ipc, seed=seed, num_classes=k)
         else:
+            # distillation's start: with distill.factor > 1, ipc mosaics of factor**2 images per class
             dist = section(st.params, "distill", st.dataset)
-            idx = select(pool_x, pool_y, st.ipc, rule_of(dist["init"]), seed=seed, num_classes=k,
-                         device=st.resolved_device(), net=dist["net"], **dist["init_options"])
-            train_x, train_y = pool_x[idx], pool_y[idx]
+            train_x, train_y = decode(*selected_set(pool_x, pool_y, st.ipc, rule_of(dist["init"]), factor=dist["factor"],
+                                                    seed=seed, num_classes=k, device=st.resolved_device(),
+                                                    net=dist["net"], **dist["init_options"]), dist["factor"])
     device = st.resolved_device()
     from atom.speed import resolve_batched
     batched = resolve_batched(batched, device)

@@ -86,3 +86,18 @@ def test_baselines_draw_from_distillations_training_part(project, kind):
     import json
     m = json.loads((project / f"results/evaluate/digits/{kind}/ipc2/metrics.json").read_text())
     assert m["n_train"] == 20 and m["n"] == len(m["per_seed"])
+
+
+def test_selected_baseline_is_distillations_start_with_multi_formation(project):
+    """With distill.factor 2 distillation starts from ipc mosaics of 4 selected images per class;
+    the selected baseline must train on exactly that start, decoded (ipc * 4 images per class)."""
+    import json
+
+    import yaml
+    from stages import evaluate
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p["datasets"]["digits"]["distill"]["factor"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    evaluate.main(["--dataset", "digits", "--method", "selected", "--ipc", "2"])
+    m = json.loads((project / "results/evaluate/digits/selected/ipc2/metrics.json").read_text())
+    assert m["n_train"] == 2 * 4 * 10

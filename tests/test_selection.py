@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import atom
-from atom.selection import RULES, herding, kcenter, select
+from atom.formation import decode, encode
+from atom.selection import RULES, herding, kcenter, select, selected_set
 
 NET = dict(width=8, depth=2, act="relu", norm="instancenorm", pool="avg")
 FAST = dict(net=NET, encoder_epochs=1, encoder_per_class=20, device="cpu")
@@ -61,8 +62,30 @@ def test_bad_selection_arguments_name_the_argument(digits, kwargs, name):
         select(digits.train_images, digits.train_labels, **args)
 
 
-def test_distillation_starts_from_the_selected_set(digits):
+@pytest.mark.parametrize("factor", [1, 2])
+def test_distillation_starts_from_the_selected_set(digits, factor):
     x, y = digits.train_images, digits.train_labels
     res = atom.distill(x, y, ipc=2, seed=0, init="herding", iterations=1, lr_img=1e-30, batch_real=8, net=NET,
-                       init_options=dict(encoder_epochs=1, encoder_per_class=20), progress=False, device="cpu")
-    torch.testing.assert_close(res.images, x[select(x, y, 2, "herding", seed=0, **FAST)])
+                       init_options=dict(encoder_epochs=1, encoder_per_class=20), progress=False, device="cpu",
+                       factor=factor)
+    start, labels = selected_set(x, y, 2, "herding", factor=factor, seed=0, **FAST)
+    torch.testing.assert_close(res.images, start)
+    assert torch.equal(res.labels, labels) and torch.equal(labels, torch.arange(10).repeat_interleave(2))
+    if factor == 1:
+        torch.testing.assert_close(start, x[select(x, y, 2, "herding", seed=0, **FAST)])
+
+
+def test_selected_set_packs_ipc_times_factor_squared_images_of_one_class_per_mosaic(digits):
+    x, y = digits.train_images, digits.train_labels
+    idx = select(x, y, 3 * 4, "herding", seed=0, **FAST)
+    stored, labels = selected_set(x, y, 3, "herding", factor=2, seed=0, **FAST)
+    assert stored.shape == (30, *x.shape[1:]) and torch.equal(labels, torch.arange(10).repeat_interleave(3))
+    tiles, tile_labels = decode(stored, labels, 2)
+    assert tiles.shape[0] == 120 and torch.equal(tile_labels, y[idx])
+    # tile i is selected image i at half resolution: the mosaic of four copies of that image alone
+    # decodes to it, so the packing keeps the selection's order
+    own = torch.stack([decode(encode(x[i].expand(4, *x.shape[1:]), 2), y[i:i + 1].expand(1), 2)[0][0]
+                       for i in idx.tolist()])
+    torch.testing.assert_close(tiles, own)
+    with pytest.raises(ValueError, match="factor"):
+        selected_set(x, y, 1, "herding", factor=3, seed=0, **FAST)
