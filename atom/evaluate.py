@@ -57,7 +57,8 @@ def evaluate(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *
 def baseline_set(kind: str, images: Tensor, labels: Tensor, *, ipc: int | None = None, seed: int = 0,
                  num_classes: int | None = None) -> tuple[Tensor, Tensor]:
     """The training set of a baseline: ``random`` (``ipc`` real images per class, the same draw
-    distillation with ``seed`` starts from) or ``full`` (the whole set)."""
+    a ``real`` initialisation with ``seed`` and factor 1 starts from) or ``full`` (the whole set).
+    The ``selected`` baseline is :func:`atom.selection.selected_set`."""
     k = check_dataset(images, labels, num_classes)
     if kind == "full":
         return images, labels

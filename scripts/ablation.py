@@ -32,11 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atom.distill import distill  # noqa: E402
-from atom.evaluate import evaluate  # noqa: E402
+from atom.evaluate import baseline_set, evaluate  # noqa: E402
 from atom.io import load_tensors, write_json  # noqa: E402
 from atom.formation import decode  # noqa: E402
 from atom.selection import rule_of, selected_set  # noqa: E402
-from atom.sets import random_subset  # noqa: E402
 from atom.validation import carve, make_validator  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
 from stages.params import distill_kwargs, evaluate_settings, load_params, section  # noqa: E402
@@ -66,8 +65,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     out = {"method": method, "ipc": ipc, "recipe": recipe, "threads": torch.get_num_threads(), "device": device}
     if method in ("random", "selected"):
         if method == "random":
-            idx = random_subset(yt, ipc, torch.Generator().manual_seed(seed), k)
-            syn_x, syn_y = xt[idx], yt[idx]
+            syn_x, syn_y = baseline_set("random", xt, yt, ipc=ipc, seed=seed, num_classes=k)
         else:  # distillation's start (factor > 1: mosaics of factor**2 selected images, decoded)
             syn_x, syn_y = decode(*selected_set(xt, yt, ipc, rule_of(dcfg["init"]), factor=dcfg["factor"], seed=seed,
                                                 num_classes=k, device=device, net=dcfg["net"],
