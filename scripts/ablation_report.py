@@ -42,7 +42,7 @@ def figure(cells: list[dict], path: Path) -> None:
     from atom.io import atomic_path
 
     ipcs = sorted({c["ipc"] for c in cells if len(c["val_curve"]) > 1})
-    fig, axes = plt.subplots(1, len(ipcs), figsize=(5.5 * len(ipcs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(7.5 * len(ipcs), 4.2), squeeze=False)
     # colour = method, line style + marker = recipe: a dozen curves stay tellable apart
     colours = {"atom": "tab:blue", "datadam": "tab:orange", "dm": "tab:green"}
     names = sorted({c["name"] for c in cells})
@@ -58,7 +58,8 @@ def figure(cells: list[dict], path: Path) -> None:
         ax.set_xlabel("iteration")
         ax.set_ylabel("accuracy on held-out training images (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        # beside the axes: with two dozen cells a legend inside hides the curves
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
