@@ -7,14 +7,16 @@
     python -m stages.evaluate --dataset digits --method selected --ipc 10 # the selection init
 
 The random baseline draws ``ipc`` real images per class with ``runtime.seed``, the same draw
-the real initialisation makes; the selected baseline is the set ``distill.init``'s selection
-rule picks (herding when init is real or noise), the set distillation starts from (with
-``distill.factor`` f > 1: ipc mosaics of f**2 selected images per class, decoded). Both draw
-from the training part of the validation split (``validation``), as distillation does. Settings: the ``evaluate`` section merged with the dataset group's
-overrides (``evaluate.full`` applies to the full baseline); ``evaluate.batched`` is passed to
-the evaluator only when true. Writes ``<paths.results>/evaluate/<dataset>/<method>/ipc<k>/
-metrics.json`` (``.../full/metrics.json``): numbers only (mean, std, n, n_train, epochs, the accuracy
-per seed), and ``info.json`` beside it (dataset, method, ipc, seeds, scheduler, device, ...).
+the real initialisation makes with factor 1; the selected baseline is the set
+``distill.init``'s selection rule picks (herding when init is real or noise), the set
+distillation starts from (with ``distill.factor`` f > 1: ipc mosaics of f**2 selected images
+per class, decoded). Both draw from the training part of the validation split
+(``validation``), as distillation does. Settings: the ``evaluate`` section merged with the
+dataset group's overrides (``evaluate.full`` applies to the full baseline);
+``evaluate.batched`` (``auto``: batched on CUDA, ``atom.speed.resolve_batched``) is passed to
+the evaluator. Writes ``<paths.results>/evaluate/<dataset>/<method>/ipc<k>/metrics.json``
+(``.../full/metrics.json``): numbers only (mean, std, n, n_train, epochs, the accuracy per
+seed), and ``info.json`` beside it (dataset, method, ipc, seeds, scheduler, device, ...).
 
 MLflow: a parent run opened before the compute (params; each seed's accuracy as it finishes,
 metric ``seed_accuracy`` by seed; mean, std, n at the end) with one child run per seed.

@@ -84,7 +84,7 @@ def test_selected_set_packs_ipc_times_factor_squared_images_of_one_class_per_mos
     assert tiles.shape[0] == 120 and torch.equal(tile_labels, y[idx])
     # tile i is selected image i at half resolution: the mosaic of four copies of that image alone
     # decodes to it, so the packing keeps the selection's order
-    own = torch.stack([decode(encode(x[i].expand(4, *x.shape[1:]), 2), y[i:i + 1].expand(1), 2)[0][0]
+    own = torch.stack([decode(encode(x[i].expand(4, *x.shape[1:]), 2), y[i:i + 1], 2)[0][0]
                        for i in idx.tolist()])
     torch.testing.assert_close(tiles, own)
     with pytest.raises(ValueError, match="factor"):
