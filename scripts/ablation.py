@@ -48,6 +48,17 @@ def set_key(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """``recipe`` with each ``KEY=VALUE`` (``distill.`` / ``evaluate.`` / ``validation.`` dotted
+    keys, YAML values) set in place; a malformed entry stops with its text."""
+    for kv in overrides:
+        key, sep, value = kv.partition("=")
+        if not sep or key.split(".")[0] not in recipe or "." not in key:
+            raise SystemExit(f"--set: expected distill.KEY=VALUE, evaluate.KEY=VALUE or validation.KEY=VALUE, got {kv!r}")
+        set_key(recipe, key, yaml.safe_load(value))
+    return recipe
+
+
 def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu") -> dict:
     """Distil (or select) on the training part of ``data`` with ``recipe``, keep the
     validation-selected set, evaluate it on the test set; return the record."""
@@ -77,7 +88,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
                       validator=validator, **dcfg)
         syn_x, syn_y = res.training_set()  # decoded when distill.factor > 1
         out.update(val_curve=res.val_curve, best_iteration=res.best_iteration, losses=res.losses,
-                   distill_seconds=res.seconds)
+                   distill_seconds=res.seconds, speed=res.config.get("resolved"))
     out["select_seconds"] = time.perf_counter() - t0
     r = evaluate(syn_x, syn_y, data["test_images"], data["test_labels"], seeds=recipe["evaluate"]["seeds"],
                  num_classes=k, device=device, progress=False, **ev)
@@ -113,12 +124,8 @@ def main(argv=None) -> None:
     params = load_params(a.params)
     if a.dataset not in params["datasets"]:
         raise SystemExit(f"--dataset: {a.dataset!r} is not a key of datasets in {a.params}")
-    recipe = recipe_for(params, a.dataset, a.method, None if a.protocol == "none" else a.protocol)
-    for kv in a.set:
-        key, sep, value = kv.partition("=")
-        if not sep or key.split(".")[0] not in recipe:
-            raise SystemExit(f"--set: expected distill.KEY=VALUE, evaluate.KEY=VALUE or validation.KEY=VALUE, got {kv!r}")
-        set_key(recipe, key, yaml.safe_load(value))
+    recipe = apply_overrides(recipe_for(params, a.dataset, a.method, None if a.protocol == "none" else a.protocol),
+                             a.set)
     prepared = a.prepared or path(params, "prepared", dataset=a.dataset)
     out = {"name": a.name, "dataset": a.dataset, "protocol": a.protocol, "overrides": a.set,
            **run_cell(load_tensors(prepared), recipe, a.method, a.ipc, device=a.device)}

@@ -1,10 +1,11 @@
 """The paper protocol on one machine (a GPU for paper scale): methods x IPCs plus baselines,
 each with its validation-selected iteration, one Markdown table.
 
-    make paper                                         # CIFAR-10 (JPEG content), IPC 10, all methods
+    make paper                                         # CIFAR-10 (JPEG content), IPC 10, all methods, spec-short
     make paper IPCS="1 10" METHODS="atom dm" PROTOCOL=parent
-    python scripts/paper.py --dataset cifar10-jpeg --ipcs 10 --methods atom datadam dm \\
-        --baselines random selected --protocol spec --device cuda
+    python scripts/paper.py --dataset cifar10-jpeg --ipcs 10 1 --methods atom datadam dm \\
+        --baselines random selected --protocol spec --device cuda      # the group's 8000 iterations
+    python scripts/paper.py ... --set distill.iterations=4000 --set distill.validate_every=500
 
 Every cell runs :func:`ablation.run_cell` on the recipe the pipeline would use for the dataset
 group under ``--protocol`` (``stages.params``): distillation on the training part of the
@@ -13,12 +14,22 @@ test set. Each cell's JSON (per-seed values, validation curve, wall times) and
 ``table.md`` land in ``results/paper/<dataset>-<protocol>/``; cells already there are reused,
 so an interrupted run continues. The prepared dataset comes from the pipeline's download and
 zca stages (``make paper`` runs them first).
+
+``--set KEY=VALUE`` overrides the resolved recipe like ``scripts/ablation.py`` (a shorter
+budget, say); the table names every override. ``--jobs N`` runs N cells at once, each in its
+own process with its log in ``<out>/logs/``; a cell that fails is reported with its log and
+marked in the table, the others go on. It is meant for a many-core CPU host (not measured);
+on one GPU it does not pay: on an H100, five CIFAR-10 IPC 10 cells sharing the card distilled at 87 ms per
+iteration against 31 ms alone, the same throughput as one after another (docs/results.md).
+``--report-only`` writes the table from the cells already in ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from ablation import recipe_for, run_cell  # noqa: E402
+from ablation import apply_overrides, recipe_for, run_cell  # noqa: E402
 from atom.distill import resolve_device  # noqa: E402
 from atom.io import load_tensors, write_json, write_text  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
@@ -44,7 +55,8 @@ def table(cells: dict, methods: list[str], ipcs: list[int], paper: dict | None) 
         row = []
         for k in ipcs:
             c = cells.get((m, k))
-            row.append("-" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f} (n={c['n']}, it {c['best_iteration']})")
+            row.append("failed (see logs/)" if c == "failed" else "-" if c is None else
+                       f"{c['mean']:.2f} ± {c['std']:.2f} (n={c['n']}, it {c['best_iteration']})")
         lines.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
     if paper:
         for m, vals in paper["methods"].items():
@@ -54,17 +66,27 @@ def table(cells: dict, methods: list[str], ipcs: list[int], paper: dict | None) 
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10-jpeg")
-    ap.add_argument("--protocol", default="spec", help="a key of params.yaml's protocols")
+    ap.add_argument("--protocol", default="spec-short", help="a key of params.yaml's protocols")
     ap.add_argument("--ipcs", type=int, nargs="+", default=[10])
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--baselines", nargs="*", default=list(BASELINES))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=None, help="default: results/paper/<dataset>-<protocol>")
-    a = ap.parse_args(argv)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the resolved recipe (distill./evaluate./validation. dotted keys, YAML values)")
+    ap.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the table from the cells already in --out (an interrupted run); compute none")
+    ap.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: its cell only
+    return ap
+
+
+def main(argv=None) -> None:
+    a = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     params = load_params(a.params)
     for name in a.methods:
@@ -75,36 +97,111 @@ def main(argv=None) -> None:
             raise SystemExit(f"--baselines: unknown baseline {name!r}; choose from {BASELINES}")
     if a.protocol not in params["protocols"]:
         raise SystemExit(f"--protocol: {a.protocol!r} is not a key of protocols in {a.params}")
+    if a.jobs < 1:
+        raise SystemExit(f"--jobs: must be >= 1, got {a.jobs}")
     prepared = path(params, "prepared", dataset=a.dataset)
-    if not prepared.is_file():
+    if not prepared.is_file() and not a.report_only:
         raise SystemExit(f"{prepared}: not found; run `python -m stages.download --dataset {a.dataset}` and "
                          f"`python -m stages.zca --dataset {a.dataset}` first (make paper does)")
     out = Path(a.out or ROOT / "results" / "paper" / f"{a.dataset}-{a.protocol}")
     device = str(resolve_device(a.device))
-    data = load_tensors(prepared)
+    todo = [(kind, ipc) for ipc in a.ipcs for kind in a.methods + a.baselines]
+    for kind, ipc in todo:  # a bad --set stops before any compute
+        apply_overrides(recipe_for(params, a.dataset, kind, a.protocol), a.set)
     cells, t0 = {}, time.perf_counter()
-    for kind in a.methods + a.baselines:
-        for ipc in a.ipcs:
+    if a.report_only:
+        pass
+    elif a.jobs > 1:
+        run_parallel(a, todo, out, device)
+    else:
+        data = None
+        for kind, ipc in todo:
             dest = out / f"{kind}-ipc{ipc}.json"
             if dest.is_file():
-                cells[(kind, ipc)] = json.loads(dest.read_text())
                 continue
-            recipe = recipe_for(params, a.dataset, kind, a.protocol)
+            data = data if data is not None else load_tensors(prepared)
+            recipe = apply_overrides(recipe_for(params, a.dataset, kind, a.protocol), a.set)
             # the speed settings are "auto" in params.yaml: on CUDA they resolve to real_chunk 0,
             # bf16, channels_last, compile and batched evaluation (atom.speed)
-            cell = run_cell(data, recipe, kind, ipc, device=device)
+            cell = dict(run_cell(data, recipe, kind, ipc, device=device), overrides=a.set)
             write_json(cell, dest)
-            cells[(kind, ipc)] = cell
             logging.info("%s ipc %d: %.2f +- %.2f (n=%d), kept iteration %s, %.0fs", kind, ipc, cell["mean"],
                          cell["std"], cell["n"], cell["best_iteration"], cell["seconds"])
-    text = (f"# {a.dataset}, protocol `{a.protocol}` on {device}\n\n{params['protocols'][a.protocol]['description']}.\n\n"
+    if a.no_table:
+        return
+    for kind, ipc in todo:
+        dest = out / f"{kind}-ipc{ipc}.json"
+        cells[(kind, ipc)] = json.loads(dest.read_text()) if dest.is_file() else None if a.report_only else "failed"
+    failed = [f"{kind}-ipc{ipc}" for (kind, ipc), c in cells.items() if c == "failed"]
+    overrides = overrides_line(cells)
+    ran_on = ", ".join(sorted({c["device"] for c in cells.values() if isinstance(c, dict)})) or device
+    text = (f"# {a.dataset}, protocol `{a.protocol}` on {ran_on}\n\n{params['protocols'][a.protocol]['description']}.\n"
+            f"{overrides}\n\n"
             "Test accuracy (%), mean ± std over n evaluation seeds; `it`: the distillation iteration kept by "
             "the validation split (0 = the initial set).\n\n"
             + table(cells, a.methods + a.baselines, a.ipcs, params["datasets"][a.dataset]["paper"])
-            + f"\nWall time of this invocation: {time.perf_counter() - t0:.0f} s.\n")
+            + "\n" + timing(cells, a.jobs)
+            + ("" if a.report_only else
+               f"\nWall time of this invocation: {time.perf_counter() - t0:.0f} s ({a.jobs} cell(s) at a time).\n"))
     write_text(text, out / "table.md")
     print(text)
+    if failed:
+        raise SystemExit(f"cells failed: {', '.join(failed)} (logs in {out / 'logs'})")
 
+
+def overrides_line(cells: dict) -> str:
+    """The ``--set`` overrides the finished cells ran with: one line when they agree."""
+    done = {key: tuple(c.get("overrides", ())) for key, c in cells.items() if isinstance(c, dict)}
+    fmt = lambda sets: "".join(f" `{kv}`" for kv in sets) or " none"  # noqa: E731
+    if len(set(done.values())) <= 1:
+        return f"Overrides:{fmt(next(iter(done.values()), ()))}."
+    return "Overrides per cell: " + "; ".join(f"{kind} IPC {ipc}:{fmt(sets)}" for (kind, ipc), sets in done.items()) + "."
+
+
+def timing(cells: dict, jobs: int) -> str:
+    """Per-cell wall times (shared with the other cells running beside it when jobs > 1)."""
+    lines = ["| cell | iterations | distillation s | s / iteration | total s | speed settings |", "|---|---|---|---|---|---|"]
+    for (kind, ipc), c in cells.items():
+        if not isinstance(c, dict):
+            continue
+        its = c["recipe"]["distill"]["iterations"] if "distill_seconds" in c else 0
+        per = f"{c['distill_seconds'] / its:.4f}" if its else "-"
+        dist = f"{c['distill_seconds']:.0f}" if its else "-"
+        speed = ", ".join(f"{k} {v}" if k == "real_chunk" else k for k, v in (c.get("speed") or {}).items() if v or k == "real_chunk") or "-"
+        lines.append(f"| {kind} IPC {ipc} | {its or '-'} | {dist} | {per} | {c['seconds']:.0f} | {speed} |")
+    shared = f" ({jobs} cells shared the device)" if jobs > 1 else ""
+    return f"Wall times per cell{shared}; distillation time includes the validation scores:\n\n" + "\n".join(lines) + "\n"
+
+
+def run_parallel(a, todo: list, out: Path, device: str) -> None:
+    """Each missing cell in its own process (this script with ``--jobs 1``), ``a.jobs`` at a time."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.jobs)))
+    queue = [(k, i) for k, i in todo if not (out / f"{k}-ipc{i}.json").is_file()]
+    running: dict = {}
+    while queue or running:
+        while queue and len(running) < a.jobs:
+            kind, ipc = queue.pop(0)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--dataset", a.dataset, "--protocol", a.protocol,
+                   "--ipcs", str(ipc), "--params", a.params, "--out", str(out), "--device", device, "--jobs", "1", "--no-table",
+                   *(["--methods", kind, "--baselines"] if kind in METHODS else ["--methods", "--baselines", kind]),
+                   *[x for kv in a.set for x in ("--set", kv)]]
+            log_file = open(logs / f"{kind}-ipc{ipc}.log", "w")
+            running[(kind, ipc)] = (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
+            logging.info("started %s ipc %d (%d running, %d queued)", kind, ipc, len(running), len(queue))
+        time.sleep(1)
+        for key, (proc, log_file) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log_file.close()
+            del running[key]
+            if proc.returncode == 0:
+                logging.info("%s ipc %d finished", *key)
+            else:
+                tail = (logs / f"{key[0]}-ipc{key[1]}.log").read_text().splitlines()[-15:]
+                logging.error("%s ipc %d failed (exit %d):\n%s", *key, proc.returncode, "\n".join(tail))
 
 if __name__ == "__main__":
     main()

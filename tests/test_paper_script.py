@@ -51,3 +51,56 @@ def test_paper_script_names_a_bad_argument(project):
         paper.main(["--dataset", "digits", "--protocol", "nope", "--params", "params.yaml"])
     with pytest.raises(SystemExit, match="methods"):
         paper.main(["--dataset", "digits", "--protocol", "tiny", "--methods", "kip", "--params", "params.yaml"])
+
+
+def test_paper_script_runs_cells_in_parallel_with_overrides_and_marks_a_failure(project):
+    import paper
+    out = project / "paper-par"
+    base = ["--dataset", "digits", "--protocol", "tiny", "--ipcs", "1", "--device", "cpu",
+            "--params", "params.yaml", "--jobs", "2"]
+    paper.main(base + ["--methods", "atom", "--baselines", "random", "--out", str(out),
+                       "--set", "distill.iterations=2", "--set", "distill.validate_every=1"])
+    cell = json.loads((out / "atom-ipc1.json").read_text())
+    assert cell["recipe"]["distill"]["iterations"] == 2 and cell["best_iteration"] in (0, 1, 2)
+    assert cell["overrides"] == ["distill.iterations=2", "distill.validate_every=1"]
+    assert (out / "logs" / "atom-ipc1.log").is_file() and (out / "random-ipc1.json").is_file()
+    text = (out / "table.md").read_text()
+    assert "`distill.iterations=2`" in text and "| atom IPC 1 | 2 |" in text
+    # a cell whose distillation diverges fails alone; the table marks it and the run says so
+    bad = project / "paper-bad"
+    with pytest.raises(SystemExit, match="cells failed: dm-ipc1"):
+        paper.main(base + ["--methods", "dm", "--baselines", "random", "--out", str(bad),
+                           "--set", "distill.lr_img=1.0e+30"])
+    assert (bad / "random-ipc1.json").is_file() and not (bad / "dm-ipc1.json").exists()
+    assert "failed" in (bad / "table.md").read_text()
+    assert "FloatingPointError" in (bad / "logs" / "dm-ipc1.log").read_text()
+
+
+def test_paper_script_names_a_bad_override(project):
+    import paper
+    with pytest.raises(SystemExit, match="distill.KEY=VALUE"):
+        paper.main(["--dataset", "digits", "--protocol", "tiny", "--params", "params.yaml", "--set", "iterations=3"])
+    with pytest.raises(SystemExit, match="--jobs"):
+        paper.main(["--dataset", "digits", "--protocol", "tiny", "--params", "params.yaml", "--jobs", "0"])
+
+
+def test_report_only_tables_the_finished_cells_and_computes_none(project):
+    import paper
+    out = project / "paper-rep"
+    base = ["--dataset", "digits", "--protocol", "tiny", "--ipcs", "1", "--device", "cpu", "--params", "params.yaml",
+            "--out", str(out)]
+    paper.main(base + ["--methods", "--baselines", "random"])
+    paper.main(base + ["--methods", "dm", "--baselines", "random", "--report-only"])
+    assert sorted(p.name for p in out.glob("*.json")) == ["random-ipc1.json"]
+    rows = {line.split(" | ")[0]: line for line in (out / "table.md").read_text().splitlines()}
+    assert rows["| DM"].endswith("| - |") and "± " in rows["| random real"]
+
+
+def test_make_paper_default_protocol_is_a_named_protocol():
+    import re
+    import paper
+    import yaml
+    protocols = yaml.safe_load((ROOT / "params.yaml").read_text())["protocols"]
+    make_default = re.search(r"^PROTOCOL\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert make_default in protocols
+    assert paper.parser().get_default("protocol") == make_default
