@@ -1,7 +1,9 @@
 """Tables and learning curves of the ablation cells (scripts/ablation.py outputs).
 
     python scripts/ablation_report.py results/ablation --figure docs/figures/ablation_curves.png
+    python scripts/ablation_report.py docs/paper/h100-spec-2000 --figure docs/figures/h100_spec_short_curves.png
 
+(the second: scripts/paper.py's cells, which read the same way)
 Prints one Markdown table row per cell (set, IPC, overrides, validation score at each scored
 iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
 every distillation cell's validation curve (accuracy on the held-out training images against
@@ -20,11 +22,13 @@ sys.path.insert(0, str(ROOT))
 
 def load(folder: Path) -> list[dict]:
     cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    for c in cells:  # scripts/paper.py's cells carry no name: one recipe per folder
+        c.setdefault("name", "paper")
     return sorted(cells, key=lambda c: (c["ipc"], c["method"], c["name"]))
 
 
 def rows(cells: list[dict]) -> str:
-    out = ["| set | IPC | recipe (overrides of the cpu protocol) | validation curve (iteration: %) | kept | "
+    out = ["| set | IPC | recipe (overrides of the cell's protocol) | validation curve (iteration: %) | kept | "
            "test % mean ± std (n) | per seed | min |", "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         curve = ", ".join(f"{int(i)}: {a:.1f}" for i, a in c["val_curve"])

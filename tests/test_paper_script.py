@@ -104,3 +104,14 @@ def test_make_paper_default_protocol_is_a_named_protocol():
     make_default = re.search(r"^PROTOCOL\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert make_default in protocols
     assert paper.parser().get_default("protocol") == make_default
+
+
+def test_ablation_report_reads_paper_cells(tmp_path, capsys):
+    import ablation_report
+    cell = {"method": "atom", "ipc": 10, "overrides": ["distill.iterations=4"], "val_curve": [[0, 40.0], [4, 45.5]],
+            "best_iteration": 4, "mean": 46.0, "std": 0.5, "n": 2, "test": [45.5, 46.5], "seconds": 60.0}
+    (tmp_path / "atom-ipc10.json").write_text(json.dumps(cell))  # scripts/paper.py writes no "name"
+    ablation_report.main([str(tmp_path), "--figure", str(tmp_path / "curves.png")])
+    out = capsys.readouterr().out
+    assert "| atom | 10 | iterations=4 | 0: 40.0, 4: 45.5 | 4 | 46.00 ± 0.50 (2) |" in out
+    assert (tmp_path / "curves.png").stat().st_size > 0
