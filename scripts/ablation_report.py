@@ -3,7 +3,8 @@
     python scripts/ablation_report.py results/ablation --figure docs/figures/ablation_curves.png
     python scripts/ablation_report.py docs/paper/h100-spec-2000 --figure docs/figures/h100_spec_short_curves.png
 
-(the second: scripts/paper.py's cells, which read the same way)
+(the second: scripts/paper.py's cells, which read the same way).
+
 Prints one Markdown table row per cell (set, IPC, overrides, validation score at each scored
 iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
 every distillation cell's validation curve (accuracy on the held-out training images against

@@ -106,8 +106,9 @@ def main(argv=None) -> None:
     out = Path(a.out or ROOT / "results" / "paper" / f"{a.dataset}-{a.protocol}")
     device = str(resolve_device(a.device))
     todo = [(kind, ipc) for ipc in a.ipcs for kind in a.methods + a.baselines]
-    for kind, ipc in todo:  # a bad --set stops before any compute
-        apply_overrides(recipe_for(params, a.dataset, kind, a.protocol), a.set)
+    # one recipe per kind (it does not depend on the IPC), built first: a bad --set stops before any compute
+    recipes = {kind: apply_overrides(recipe_for(params, a.dataset, kind, a.protocol), a.set)
+               for kind in a.methods + a.baselines}
     cells, t0 = {}, time.perf_counter()
     if a.report_only:
         pass
@@ -120,10 +121,9 @@ def main(argv=None) -> None:
             if dest.is_file():
                 continue
             data = data if data is not None else load_tensors(prepared)
-            recipe = apply_overrides(recipe_for(params, a.dataset, kind, a.protocol), a.set)
             # the speed settings are "auto" in params.yaml: on CUDA they resolve to real_chunk 0,
-            # bf16, channels_last, compile and batched evaluation (atom.speed)
-            cell = dict(run_cell(data, recipe, kind, ipc, device=device), overrides=a.set)
+            # bf16, channels_last, compile and batched evaluation (atom.speed); run_cell leaves the recipe as it is
+            cell = dict(run_cell(data, recipes[kind], kind, ipc, device=device), overrides=a.set)
             write_json(cell, dest)
             logging.info("%s ipc %d: %.2f +- %.2f (n=%d), kept iteration %s, %.0fs", kind, ipc, cell["mean"],
                          cell["std"], cell["n"], cell["best_iteration"], cell["seconds"])
@@ -152,22 +152,27 @@ def main(argv=None) -> None:
 def overrides_line(cells: dict) -> str:
     """The ``--set`` overrides the finished cells ran with: one line when they agree."""
     done = {key: tuple(c.get("overrides", ())) for key, c in cells.items() if isinstance(c, dict)}
-    fmt = lambda sets: "".join(f" `{kv}`" for kv in sets) or " none"  # noqa: E731
+    def fmt(sets: tuple) -> str:
+        return "".join(f" `{kv}`" for kv in sets) or " none"
     if len(set(done.values())) <= 1:
         return f"Overrides:{fmt(next(iter(done.values()), ()))}."
-    return "Overrides per cell: " + "; ".join(f"{kind} IPC {ipc}:{fmt(sets)}" for (kind, ipc), sets in done.items()) + "."
+    return "Overrides per cell: " + "; ".join(f"{kind} IPC {ipc}:{fmt(sets)}"
+                                             for (kind, ipc), sets in done.items()) + "."
 
 
 def timing(cells: dict, jobs: int) -> str:
     """Per-cell wall times (shared with the other cells running beside it when jobs > 1)."""
-    lines = ["| cell | iterations | distillation s | s / iteration | total s | speed settings |", "|---|---|---|---|---|---|"]
+    lines = ["| cell | iterations | distillation s | s / iteration | total s | speed settings |",
+             "|---|---|---|---|---|---|"]
     for (kind, ipc), c in cells.items():
         if not isinstance(c, dict):
             continue
         its = c["recipe"]["distill"]["iterations"] if "distill_seconds" in c else 0
         per = f"{c['distill_seconds'] / its:.4f}" if its else "-"
         dist = f"{c['distill_seconds']:.0f}" if its else "-"
-        speed = ", ".join(f"{k} {v}" if k == "real_chunk" else k for k, v in (c.get("speed") or {}).items() if v or k == "real_chunk") or "-"
+        # real_chunk is a number (0: the whole batch); the other settings are flags, named when on
+        speed = ", ".join(f"{k} {v}" if k == "real_chunk" else k
+                          for k, v in (c.get("speed") or {}).items() if v or k == "real_chunk") or "-"
         lines.append(f"| {kind} IPC {ipc} | {its or '-'} | {dist} | {per} | {c['seconds']:.0f} | {speed} |")
     shared = f" ({jobs} cells shared the device)" if jobs > 1 else ""
     return f"Wall times per cell{shared}; distillation time includes the validation scores:\n\n" + "\n".join(lines) + "\n"
@@ -185,11 +190,13 @@ def run_parallel(a, todo: list, out: Path, device: str) -> None:
         while queue and len(running) < a.jobs:
             kind, ipc = queue.pop(0)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--dataset", a.dataset, "--protocol", a.protocol,
-                   "--ipcs", str(ipc), "--params", a.params, "--out", str(out), "--device", device, "--jobs", "1", "--no-table",
+                   "--ipcs", str(ipc), "--params", a.params, "--out", str(out), "--device", device,
+                   "--jobs", "1", "--no-table",
                    *(["--methods", kind, "--baselines"] if kind in METHODS else ["--methods", "--baselines", kind]),
                    *[x for kv in a.set for x in ("--set", kv)]]
             log_file = open(logs / f"{kind}-ipc{ipc}.log", "w")
-            running[(kind, ipc)] = (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            running[(kind, ipc)] = (proc, log_file)
             logging.info("started %s ipc %d (%d running, %d queued)", kind, ipc, len(running), len(queue))
         time.sleep(1)
         for key, (proc, log_file) in list(running.items()):
