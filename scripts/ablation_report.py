@@ -28,12 +28,21 @@ def load(folder: Path) -> list[dict]:
     return sorted(cells, key=lambda c: (c["ipc"], c["method"], c["name"]))
 
 
+def short_keys(overrides: list[str]) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` overrides as (key, value) with each key cut to its last part, unless
+    two keys of the cell share it (``distill.net.norm`` and ``evaluate.net.norm``): those stay
+    whole, so a row never names two settings alike."""
+    pairs = [tuple(o.split("=", 1)) for o in overrides]
+    last = [k.split(".")[-1] for k, _ in pairs]
+    return [(k if last.count(t) > 1 else t, v) for (k, v), t in zip(pairs, last)]
+
+
 def rows(cells: list[dict]) -> str:
     out = ["| set | IPC | recipe (overrides of the cell's protocol) | validation curve (iteration: %) | kept | "
            "test % mean ± std (n) | per seed | min |", "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         curve = ", ".join(f"{int(i)}: {a:.1f}" for i, a in c["val_curve"])
-        recipe = ", ".join(o.split("=", 1)[0].split(".")[-1] + "=" + o.split("=", 1)[1] for o in c["overrides"]) or "-"
+        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(c["overrides"])) or "-"
         out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {curve} | {c['best_iteration']} | "
                    f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']}) | {', '.join(f'{v:.2f}' for v in c['test'])} | "
                    f"{c['seconds'] / 60:.1f} |")

@@ -115,3 +115,10 @@ def test_ablation_report_reads_paper_cells(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| atom | 10 | iterations=4 | 0: 40.0, 4: 45.5 | 4 | 46.00 ± 0.50 (2) |" in out
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_ablation_report_keeps_shared_key_names_whole():
+    import ablation_report
+    keys = ablation_report.short_keys(["distill.net.norm=batchnorm", "evaluate.net.norm=batchnorm",
+                                       "distill.loss.p_c=8.0"])
+    assert keys == [("distill.net.norm", "batchnorm"), ("evaluate.net.norm", "batchnorm"), ("p_c", "8.0")]
