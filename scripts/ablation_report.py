@@ -8,12 +8,17 @@
 Prints one Markdown table row per cell (set, IPC, overrides, validation score at each scored
 iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
 every distillation cell's validation curve (accuracy on the held-out training images against
-iteration), one panel per IPC.
+iteration), one panel per IPC. ``--pool`` adds a second table: the cells that differ only in
+their distillation seed (``distill.seed``) as one row, with the test values of every
+evaluation network of every seed pooled (mean ± population std, n), the spread a method's
+number carries once the set itself is redrawn.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,6 +51,39 @@ def rows(cells: list[dict]) -> str:
         out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {curve} | {c['best_iteration']} | "
                    f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']}) | {', '.join(f'{v:.2f}' for v in c['test'])} | "
                    f"{c['seconds'] / 60:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def distillation_seed(cell: dict):
+    """The cell's distillation seed: its ``distill.seed`` override, else its recipe's."""
+    for o in cell["overrides"]:
+        if o.startswith("distill.seed="):
+            return o.split("=", 1)[1]
+    return str(cell.get("recipe", {}).get("distill", {}).get("seed", "-"))
+
+
+def pooled(cells: list[dict]) -> str:
+    """One row per (method, IPC, recipe other than ``distill.seed``): the cells of a recipe
+    distilled from several seeds, their per-seed means, and all their test values pooled."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        rest = tuple(o for o in c["overrides"] if not o.startswith("distill.seed="))
+        # the resolved recipe, where the cell has one: the same overrides mean another recipe
+        # once params.yaml's defaults move
+        recipe = copy.deepcopy(c.get("recipe"))
+        if recipe is not None:
+            recipe.get("distill", {}).pop("seed", None)
+        key = json.dumps(recipe, sort_keys=True) if recipe is not None else ""
+        groups.setdefault((c["ipc"], c["method"], rest, key), []).append(c)
+    out = ["| set | IPC | recipe (overrides of the cell's protocol) | distillation seed: test % mean | "
+           "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
+    for (ipc, method, rest, _), group in sorted(groups.items()):
+        group.sort(key=lambda c: distillation_seed(c))
+        values = [v for c in group for v in c["test"]]
+        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(list(rest))) or "-"
+        seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
+        out.append(f"| {method} | {ipc} | {recipe} | {seeds} | {statistics.fmean(values):.2f} ± "
+                   f"{statistics.pstdev(values):.2f} ({len(values)}) |")
     return "\n".join(out) + "\n"
 
 
@@ -84,11 +122,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--figure", type=Path)
+    ap.add_argument("--pool", action="store_true", help="also print the recipes pooled over distillation seeds")
     a = ap.parse_args(argv)
     cells = load(a.folder)
     if not cells:
         raise SystemExit(f"{a.folder}: no ablation cells (*.json)")
     print(rows(cells))
+    if a.pool:
+        print(pooled(cells))
     if a.figure:
         figure(cells, a.figure)
 

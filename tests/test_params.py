@@ -65,6 +65,19 @@ def test_dataset_groups_override_only_their_dataset(params):
     assert full["epochs"] == params["evaluate"]["full"]["epochs"] and seeds == params["evaluate"]["full"]["seeds"]
 
 
+@pytest.mark.parametrize("method", ["atom", "datadam", "dm"])
+def test_cifar10_groups_share_one_recipe_and_a_loss_override_keeps_the_other_terms(params, method):
+    # cifar10-jpeg is CIFAR-10's content in another container: the recipe chosen on it must be
+    # the one the cifar10 group runs
+    jpeg, cifar = distill_kwargs(params, "cifar10-jpeg", method), distill_kwargs(params, "cifar10", method)
+    assert jpeg == cifar
+    base = params["distill"]["loss"][method]
+    named = params["datasets"]["cifar10"]["distill"].get("loss", {}).get(method, {})
+    assert set(cifar["loss"]) == set(base)
+    assert {k: v for k, v in cifar["loss"].items() if k not in named} == {k: v for k, v in base.items() if k not in named}
+    assert all(cifar["loss"][k] == v for k, v in named.items())
+
+
 @pytest.mark.parametrize("key, value, words", [
     ("distill.iterations", "many", ["distill.iterations", "not of type 'integer'"]),
     ("distill.iterations", 0, ["distill.iterations", "minimum"]),
