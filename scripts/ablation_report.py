@@ -67,20 +67,22 @@ def pooled(cells: list[dict]) -> str:
     distilled from several seeds, their per-seed means, and all their test values pooled."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        rest = tuple(o for o in c["overrides"] if not o.startswith("distill.seed="))
-        # the resolved recipe, where the cell has one: the same overrides mean another recipe
-        # once params.yaml's defaults move
+        # by the resolved recipe where the cell has one: once params.yaml's defaults move, the
+        # same overrides name another recipe, and other overrides may name the same one
         recipe = copy.deepcopy(c.get("recipe"))
         if recipe is not None:
             recipe.get("distill", {}).pop("seed", None)
-        key = json.dumps(recipe, sort_keys=True) if recipe is not None else ""
-        groups.setdefault((c["ipc"], c["method"], rest, key), []).append(c)
-    out = ["| set | IPC | recipe (overrides of the cell's protocol) | distillation seed: test % mean | "
+            key = json.dumps(recipe, sort_keys=True)
+        else:
+            key = json.dumps([o for o in c["overrides"] if not o.startswith("distill.seed=")])
+        groups.setdefault((c["ipc"], c["method"], key), []).append(c)
+    out = ["| set | IPC | recipe (overrides of the first seed's cell) | distillation seed: test % mean | "
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
-    for (ipc, method, rest, _), group in sorted(groups.items()):
+    for (ipc, method, _), group in sorted(groups.items(), key=lambda kv: kv[0][:2]):
         group.sort(key=lambda c: distillation_seed(c))
+        rest = [o for o in group[0]["overrides"] if not o.startswith("distill.seed=")]
         values = [v for c in group for v in c["test"]]
-        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(list(rest))) or "-"
+        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(rest)) or "-"
         seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
         out.append(f"| {method} | {ipc} | {recipe} | {seeds} | {statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")

@@ -124,24 +124,30 @@ def test_ablation_report_keeps_shared_key_names_whole():
     assert keys == [("distill.net.norm", "batchnorm"), ("evaluate.net.norm", "batchnorm"), ("p_c", "8.0")]
 
 
-def test_ablation_report_pools_only_cells_that_differ_in_their_distillation_seed(capsys):
+def test_ablation_report_pools_the_cells_of_one_recipe_over_distillation_seeds(capsys):
     import ablation_report
     import statistics
 
-    def cell(overrides, test):
+    def cell(overrides, test, seed=0, **recipe):
         return {"method": "atom", "ipc": 1, "name": "x", "overrides": overrides, "val_curve": [[0, 1.0]],
                 "best_iteration": 0, "mean": statistics.fmean(test), "std": statistics.pstdev(test),
-                "n": len(test), "test": test, "seconds": 1.0, "recipe": {"distill": {"seed": 0}}}
-    cells = [cell(["distill.loss.mixing=concat"], [30.0, 31.0, 32.0]),
-             cell(["distill.loss.mixing=concat", "distill.seed=1"], [34.0, 35.0, 36.0]),
-             cell(["distill.loss.p_s=2.0"], [20.0, 20.0])]
-    other_defaults = dict(cell(["distill.loss.p_s=2.0"], [25.0]), recipe={"distill": {"seed": 1, "factor": 2}})
-    cells.append(other_defaults)  # same overrides, another resolved recipe: not pooled
-    table = ablation_report.pooled(cells)
-    everything = [30.0, 31.0, 32.0, 34.0, 35.0, 36.0]
-    pooled_row = (f"| atom | 1 | mixing=concat | 0: 31.00, 1: 35.00 | {statistics.fmean(everything):.2f} ± "
-                  f"{statistics.pstdev(everything):.2f} (6) |")
-    assert pooled_row in table.splitlines()
-    assert "| atom | 1 | p_s=2.0 | 0: 20.00 | 20.00 ± 0.00 (2) |" in table.splitlines()
-    assert "| atom | 1 | p_s=2.0 | 1: 25.00 | 25.00 ± 0.00 (1) |" in table.splitlines()
-    assert len(table.splitlines()) == 5  # header, rule, three recipes
+                "n": len(test), "test": test, "seconds": 1.0, "recipe": {"distill": dict(recipe, seed=seed)}}
+    cells = [cell(["distill.loss.mixing=concat"], [30.0, 31.0, 32.0], mixing="concat"),
+             cell(["distill.loss.mixing=concat", "distill.seed=1"], [34.0, 35.0, 36.0], seed=1, mixing="concat"),
+             # written after concat became the default: other overrides, the same resolved recipe
+             cell(["distill.seed=2"], [33.0], seed=2, mixing="concat"),
+             cell(["distill.loss.p_s=2.0"], [20.0, 20.0], p_s=2.0),
+             # the same overrides on other defaults: another resolved recipe
+             cell(["distill.loss.p_s=2.0"], [25.0], seed=1, p_s=2.0, factor=2)]
+    table = ablation_report.pooled(cells).splitlines()
+    everything = [30.0, 31.0, 32.0, 34.0, 35.0, 36.0, 33.0]
+    assert (f"| atom | 1 | mixing=concat | 0: 31.00, 1: 35.00, 2: 33.00 | {statistics.fmean(everything):.2f} ± "
+            f"{statistics.pstdev(everything):.2f} (7) |") in table
+    assert "| atom | 1 | p_s=2.0 | 0: 20.00 | 20.00 ± 0.00 (2) |" in table
+    assert "| atom | 1 | p_s=2.0 | 1: 25.00 | 25.00 ± 0.00 (1) |" in table
+    assert len(table) == 5  # header, rule, three recipes
+    # cells without a resolved recipe (scripts/paper.py's) pool by their overrides
+    bare = [dict(c, recipe=None) for c in cells[:2]]
+    for c in bare:
+        del c["recipe"]
+    assert "(6) |" in ablation_report.pooled(bare).splitlines()[2]
