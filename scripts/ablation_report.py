@@ -54,12 +54,20 @@ def rows(cells: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+SEED = "distill.seed="
+
+
 def distillation_seed(cell: dict):
     """The cell's distillation seed: its ``distill.seed`` override, else its recipe's."""
     for o in cell["overrides"]:
-        if o.startswith("distill.seed="):
-            return o.split("=", 1)[1]
+        if o.startswith(SEED):
+            return o.removeprefix(SEED)
     return str(cell.get("recipe", {}).get("distill", {}).get("seed", "-"))
+
+
+def seedless(overrides: list[str]) -> list[str]:
+    """``overrides`` without the distillation seed."""
+    return [o for o in overrides if not o.startswith(SEED)]
 
 
 def pooled(cells: list[dict]) -> str:
@@ -74,15 +82,14 @@ def pooled(cells: list[dict]) -> str:
             recipe.get("distill", {}).pop("seed", None)
             key = json.dumps(recipe, sort_keys=True)
         else:
-            key = json.dumps([o for o in c["overrides"] if not o.startswith("distill.seed=")])
+            key = json.dumps(seedless(c["overrides"]))
         groups.setdefault((c["ipc"], c["method"], key), []).append(c)
     out = ["| set | IPC | recipe (overrides of the first seed's cell) | distillation seed: test % mean | "
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
     for (ipc, method, _), group in sorted(groups.items(), key=lambda kv: kv[0][:2]):
         group.sort(key=lambda c: distillation_seed(c))
-        rest = [o for o in group[0]["overrides"] if not o.startswith("distill.seed=")]
         values = [v for c in group for v in c["test"]]
-        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(rest)) or "-"
+        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(seedless(group[0]["overrides"]))) or "-"
         seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
         out.append(f"| {method} | {ipc} | {recipe} | {seeds} | {statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")

@@ -147,7 +147,5 @@ def test_ablation_report_pools_the_cells_of_one_recipe_over_distillation_seeds(c
     assert "| atom | 1 | p_s=2.0 | 1: 25.00 | 25.00 ± 0.00 (1) |" in table
     assert len(table) == 5  # header, rule, three recipes
     # cells without a resolved recipe (scripts/paper.py's) pool by their overrides
-    bare = [dict(c, recipe=None) for c in cells[:2]]
-    for c in bare:
-        del c["recipe"]
+    bare = [{k: v for k, v in c.items() if k != "recipe"} for c in cells[:2]]
     assert "(6) |" in ablation_report.pooled(bare).splitlines()[2]
