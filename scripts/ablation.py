@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from atom.distill import distill  # noqa: E402
 from atom.evaluate import baseline_set, evaluate  # noqa: E402
-from atom.io import load_tensors, write_json  # noqa: E402
+from atom.io import load_tensors, save_tensors, write_json  # noqa: E402
 from atom.formation import decode  # noqa: E402
 from atom.selection import rule_of, selected_set  # noqa: E402
 from atom.validation import carve, make_validator  # noqa: E402
@@ -59,9 +59,17 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
     return recipe
 
 
-def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu") -> dict:
+def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu", crosscheck: bool = False,
+             save: str | None = None) -> dict:
     """Distil (or select) on the training part of ``data`` with ``recipe``, keep the
-    validation-selected set, evaluate it on the test set; return the record."""
+    validation-selected set, evaluate it on the test set; return the record.
+
+    ``crosscheck`` also scores the kept set, after the choice, with each protocol on the other
+    split: the evaluation's networks (its epochs and seeds) on the validation split, and the
+    validation scorer's networks on the test set. Together with the validation curve and the
+    test result this separates what the split does from what the evaluator does when the two
+    rank sets differently; nothing is chosen with it. ``save`` writes the kept (decoded) set
+    as ``{"images", "labels"}`` tensors."""
     x, y = data["train_images"], data["train_labels"]
     k = len(data["classes"])
     val = recipe["validation"]
@@ -93,6 +101,16 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     r = evaluate(syn_x, syn_y, data["test_images"], data["test_labels"], seeds=recipe["evaluate"]["seeds"],
                  num_classes=k, device=device, progress=False, **ev)
     out.update(test=r["per_seed"], mean=r["mean"], std=r["std"], n=r["n"], seconds=time.perf_counter() - t0)
+    if crosscheck:  # reported beside the result; the kept iteration was fixed above
+        cross = {"validation_by_evaluation": evaluate(syn_x, syn_y, xv, yv, seeds=recipe["evaluate"]["seeds"],
+                                                      num_classes=k, device=device, progress=False, **ev),
+                 "test_by_scorer": evaluate(syn_x, syn_y, data["test_images"], data["test_labels"],
+                                            seeds=val["seeds"], num_classes=k, device=device, progress=False,
+                                            **dict(ev, epochs=val["epochs"]))}
+        out["crosscheck"] = {name: {"per_seed": c["per_seed"], "seeds": c["seeds"], "mean": c["mean"], "std": c["std"],
+                                    "n": c["n"]} for name, c in cross.items()}
+    if save:
+        save_tensors({"images": syn_x.cpu(), "labels": syn_y.cpu()}, save)
     return out
 
 
@@ -119,6 +137,10 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default=str(ROOT / "results" / "ablation"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--crosscheck", action="store_true",
+                    help="also score the kept set with the evaluation's networks on the validation split and with "
+                         "the validation scorer's networks on the test set (reported, never used to choose)")
+    ap.add_argument("--save", metavar="PATH", help="write the kept (decoded) set here ({images, labels} tensors)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     params = load_params(a.params)
@@ -128,7 +150,8 @@ def main(argv=None) -> None:
                              a.set)
     prepared = a.prepared or path(params, "prepared", dataset=a.dataset)
     out = {"name": a.name, "dataset": a.dataset, "protocol": a.protocol, "overrides": a.set,
-           **run_cell(load_tensors(prepared), recipe, a.method, a.ipc, device=a.device)}
+           **run_cell(load_tensors(prepared), recipe, a.method, a.ipc, device=a.device, crosscheck=a.crosscheck,
+                      save=a.save)}
     dest = Path(a.out) / f"{a.method}-ipc{a.ipc}-{a.name}.json"
     write_json(out, dest)
     print(json.dumps({k: out[k] for k in ("name", "method", "ipc", "best_iteration", "mean", "std", "n", "seconds")}

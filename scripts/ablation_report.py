@@ -11,7 +11,11 @@ every distillation cell's validation curve (accuracy on the held-out training im
 iteration), one panel per IPC. ``--pool`` adds a second table: the cells that differ only in
 their distillation seed (``distill.seed``) as one row, with the test values of every
 evaluation network of every seed pooled (mean ± population std, n), the spread a method's
-number carries once the set itself is redrawn.
+number carries once the set itself is redrawn. Cells run with ``scripts/ablation.py
+--crosscheck`` add a third table: the kept set scored by both protocols on both splits (the
+validation scorer's networks and the evaluation's networks, on the validation split and on
+the test set), which tells whether a disagreement between validation and test comes from
+the split or from the evaluator.
 """
 from __future__ import annotations
 
@@ -65,6 +69,11 @@ def distillation_seed(cell: dict):
     return str(cell.get("recipe", {}).get("distill", {}).get("seed", "-"))
 
 
+def seed_order(seed: str) -> tuple:
+    """Sort key of a distillation seed: numbers by value (2 before 10), then anything else."""
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
 def seedless(overrides: list[str]) -> list[str]:
     """``overrides`` without the distillation seed."""
     return [o for o in overrides if not o.startswith(SEED)]
@@ -87,12 +96,32 @@ def pooled(cells: list[dict]) -> str:
     out = ["| set | IPC | recipe (overrides of the first seed's cell) | distillation seed: test % mean | "
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
     for (ipc, method, _), group in sorted(groups.items(), key=lambda kv: kv[0][:2]):
-        group.sort(key=lambda c: distillation_seed(c))
+        group.sort(key=lambda c: seed_order(distillation_seed(c)))
         values = [v for c in group for v in c["test"]]
         recipe = ", ".join(f"{k}={v}" for k, v in short_keys(seedless(group[0]["overrides"]))) or "-"
         seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
         out.append(f"| {method} | {ipc} | {recipe} | {seeds} | {statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")
+    return "\n".join(out) + "\n"
+
+
+def crosschecked(cells: list[dict]) -> str:
+    """One row per cell run with ``--crosscheck``: the kept set's validation score while
+    distilling (the scorer's networks), its validation accuracy with the evaluation's networks,
+    its test accuracy with the scorer's networks and its reported test result."""
+    out = ["| set | IPC | recipe (overrides) | validation: scorer, kept | validation: evaluation nets | "
+           "test: scorer nets | test: evaluation nets (reported) |", "|---|---|---|---|---|---|---|"]
+
+    def fmt(r: dict) -> str:
+        return f"{r['mean']:.2f} ± {r['std']:.2f} ({r['n']})"
+    for c in cells:
+        if "crosscheck" not in c:
+            continue
+        kept = dict((int(i), a) for i, a in c["val_curve"])[int(c["best_iteration"])]
+        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(c["overrides"])) or "-"
+        x = c["crosscheck"]
+        out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {kept:.2f} | {fmt(x['validation_by_evaluation'])} | "
+                   f"{fmt(x['test_by_scorer'])} | {fmt(c)} |")
     return "\n".join(out) + "\n"
 
 
@@ -139,6 +168,8 @@ def main(argv=None) -> None:
     print(rows(cells))
     if a.pool:
         print(pooled(cells))
+    if any("crosscheck" in c for c in cells):
+        print(crosschecked(cells))
     if a.figure:
         figure(cells, a.figure)
 

@@ -149,3 +149,35 @@ def test_ablation_report_pools_the_cells_of_one_recipe_over_distillation_seeds(c
     # cells without a resolved recipe (scripts/paper.py's) pool by their overrides
     bare = [{k: v for k, v in c.items() if k != "recipe"} for c in cells[:2]]
     assert "(6) |" in ablation_report.pooled(bare).splitlines()[2]
+
+
+def test_ablation_crosscheck_scores_the_kept_set_both_ways_without_changing_the_choice(project):
+    import ablation
+    import ablation_report
+    from atom.io import load_tensors
+    base = ["--dataset", "digits", "--params", str(project / "params.yaml"), "--protocol", "tiny", "--method", "atom",
+            "--ipc", "1", "--out", str(project / "abl")]
+    ablation.main(base + ["--name", "plain"])
+    ablation.main(base + ["--name", "xc", "--crosscheck", "--save", str(project / "kept.pt")])
+    plain, xc = (json.loads((project / "abl" / f"atom-ipc1-{n}.json").read_text()) for n in ("plain", "xc"))
+    # the same seed gives the same curve, choice and test result: the cross-check only adds
+    assert xc["val_curve"] == plain["val_curve"] and xc["best_iteration"] == plain["best_iteration"]
+    assert xc["test"] == plain["test"] and "crosscheck" not in plain
+    by_eval, by_scorer = xc["crosscheck"]["validation_by_evaluation"], xc["crosscheck"]["test_by_scorer"]
+    assert by_eval["seeds"] == TINY_PROTOCOL["evaluate"]["seeds"] and by_eval["n"] == 2
+    assert by_scorer["seeds"] == [0] and by_scorer["n"] == 1  # params.yaml's validation.seeds
+    assert all(0.0 <= v <= 100.0 for v in by_eval["per_seed"] + by_scorer["per_seed"])
+    kept = load_tensors(project / "kept.pt")
+    assert kept["images"].shape[0] == kept["labels"].numel() == 10  # ipc 1, ten digit classes
+    assert sorted(kept["labels"].tolist()) == list(range(10))
+    table = ablation_report.crosschecked([plain, xc]).splitlines()
+    assert len(table) == 3  # header, rule, the one cross-checked cell
+    kept_score = dict((int(i), a) for i, a in xc["val_curve"])[xc["best_iteration"]]
+    assert table[2].startswith(f"| atom | 1 | - | {kept_score:.2f} | {by_eval['mean']:.2f} ± ")
+
+
+def test_ablation_report_orders_distillation_seeds_by_value():
+    import ablation_report
+    cells = [{"method": "dm", "ipc": 1, "name": "x", "overrides": [f"distill.seed={s}"], "mean": float(s),
+              "test": [float(s)]} for s in (10, 2, 0)]
+    assert "| 0: 0.00, 2: 2.00, 10: 10.00 |" in ablation_report.pooled(cells)
