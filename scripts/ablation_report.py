@@ -97,6 +97,11 @@ def pooled(cells: list[dict]) -> str:
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
     for (ipc, method, _), group in sorted(groups.items(), key=lambda kv: kv[0][:2]):
         group.sort(key=lambda c: seed_order(distillation_seed(c)))
+        for a, b in zip(group, group[1:]):  # a rerun of one set would count its networks twice
+            if distillation_seed(a) == distillation_seed(b):
+                raise SystemExit(f"--pool: cells {a['method']}-ipc{ipc}-{a['name']} and {b['method']}-ipc{ipc}-"
+                                 f"{b['name']} ran one recipe with distillation seed {distillation_seed(a)}; "
+                                 "pool a folder holding one of them")
         values = [v for c in group for v in c["test"]]
         recipe = ", ".join(f"{k}={v}" for k, v in short_keys(seedless(group[0]["overrides"]))) or "-"
         seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
@@ -158,13 +163,13 @@ def figure(cells: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("folder", type=Path, nargs="+", help="folders of cells (*.json), read together")
     ap.add_argument("--figure", type=Path)
     ap.add_argument("--pool", action="store_true", help="also print the recipes pooled over distillation seeds")
     a = ap.parse_args(argv)
-    cells = load(a.folder)
+    cells = sorted((c for f in a.folder for c in load(f)), key=lambda c: (c["ipc"], c["method"], c["name"]))
     if not cells:
-        raise SystemExit(f"{a.folder}: no ablation cells (*.json)")
+        raise SystemExit(f"{', '.join(map(str, a.folder))}: no ablation cells (*.json)")
     print(rows(cells))
     if a.pool:
         print(pooled(cells))

@@ -181,3 +181,18 @@ def test_ablation_report_orders_distillation_seeds_by_value():
     cells = [{"method": "dm", "ipc": 1, "name": "x", "overrides": [f"distill.seed={s}"], "mean": float(s),
               "test": [float(s)]} for s in (10, 2, 0)]
     assert "| 0: 0.00, 2: 2.00, 10: 10.00 |" in ablation_report.pooled(cells)
+
+
+def test_ablation_report_reads_several_folders_and_refuses_to_pool_a_set_twice(tmp_path, capsys):
+    import ablation_report
+    cell = {"method": "dm", "ipc": 1, "overrides": [], "val_curve": [[0, 20.0]], "best_iteration": 0,
+            "mean": 30.0, "std": 0.0, "n": 1, "test": [30.0], "seconds": 1.0, "recipe": {"distill": {"seed": 0}}}
+    for folder, name in (("a", "first"), ("b", "rerun")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"dm-ipc1-{name}.json").write_text(json.dumps(dict(cell, name=name)))
+    ablation_report.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert capsys.readouterr().out.count("| dm | 1 | - | 0: 20.0 | 0 | 30.00") == 2  # one row per folder's cell
+    with pytest.raises(SystemExit, match="dm-ipc1-first and dm-ipc1-rerun ran one recipe with distillation seed 0"):
+        ablation_report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--pool"])
+    ablation_report.main([str(tmp_path / "a"), "--pool"])
+    assert "| dm | 1 | - | 0: 30.00 | 30.00 ± 0.00 (1) |" in capsys.readouterr().out
