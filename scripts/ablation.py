@@ -74,6 +74,9 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     k = len(data["classes"])
     val = recipe["validation"]
     xt, yt, xv, yv = carve(x, y, val["per_class"], val["seed"], k)
+    if xv is None:  # every cell keeps the validation-selected iteration; --crosscheck scores on it too
+        raise ValueError(f"validation.per_class: an ablation cell needs a validation split (a positive count), "
+                         f"got {val['per_class']!r}")
     ev = {key: v for key, v in recipe["evaluate"].items() if key != "seeds"}
     validator = make_validator(xv, yv, seeds=val["seeds"], num_classes=k, device=device,
                                **dict(ev, epochs=val["epochs"]))

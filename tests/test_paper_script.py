@@ -157,6 +157,8 @@ def test_ablation_crosscheck_scores_the_kept_set_both_ways_without_changing_the_
     from atom.io import load_tensors
     base = ["--dataset", "digits", "--params", str(project / "params.yaml"), "--protocol", "tiny", "--method", "atom",
             "--ipc", "1", "--out", str(project / "abl")]
+    with pytest.raises(ValueError, match="validation.per_class: an ablation cell needs a validation split"):
+        ablation.main(base + ["--name", "nosplit", "--set", "validation.per_class=0", "--crosscheck"])
     ablation.main(base + ["--name", "plain"])
     ablation.main(base + ["--name", "xc", "--crosscheck", "--save", str(project / "kept.pt")])
     plain, xc = (json.loads((project / "abl" / f"atom-ipc1-{n}.json").read_text()) for n in ("plain", "xc"))
