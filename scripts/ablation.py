@@ -78,8 +78,8 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
         raise ValueError(f"validation.per_class: an ablation cell needs a validation split (a positive count), "
                          f"got {val['per_class']!r}")
     ev = {key: v for key, v in recipe["evaluate"].items() if key != "seeds"}
-    validator = make_validator(xv, yv, seeds=val["seeds"], num_classes=k, device=device,
-                               **dict(ev, epochs=val["epochs"]))
+    scorer = dict(ev, epochs=val["epochs"])  # the validation scorer: the evaluation's settings, its own epochs
+    validator = make_validator(xv, yv, seeds=val["seeds"], num_classes=k, device=device, **scorer)
     dcfg = dict(recipe["distill"])
     seed = dcfg.pop("seed")
 
@@ -109,7 +109,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
                                                       num_classes=k, device=device, progress=False, **ev),
                  "test_by_scorer": evaluate(syn_x, syn_y, data["test_images"], data["test_labels"],
                                             seeds=val["seeds"], num_classes=k, device=device, progress=False,
-                                            **dict(ev, epochs=val["epochs"]))}
+                                            **scorer)}
         out["crosscheck"] = {name: {"per_seed": c["per_seed"], "seeds": c["seeds"], "mean": c["mean"], "std": c["std"],
                                     "n": c["n"]} for name, c in cross.items()}
     if save:

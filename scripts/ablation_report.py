@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load(folder: Path) -> list[dict]:
-    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+def load(*folders: Path) -> list[dict]:
+    """The cells (*.json) of every folder, read together and ordered by IPC, method, name."""
+    cells = [json.loads(p.read_text()) for folder in folders for p in sorted(folder.glob("*.json"))]
     for c in cells:  # scripts/paper.py's cells carry no name: one recipe per folder
         c.setdefault("name", "paper")
     return sorted(cells, key=lambda c: (c["ipc"], c["method"], c["name"]))
@@ -46,14 +47,23 @@ def short_keys(overrides: list[str]) -> list[tuple[str, str]]:
     return [(k if last.count(t) > 1 else t, v) for (k, v), t in zip(pairs, last)]
 
 
+def spread(r: dict) -> str:
+    """An evaluation's ``mean ± std (n)``."""
+    return f"{r['mean']:.2f} ± {r['std']:.2f} ({r['n']})"
+
+
+def described(overrides: list[str]) -> str:
+    """A row's recipe column: the overrides with short keys, or ``-`` for none."""
+    return ", ".join(f"{k}={v}" for k, v in short_keys(overrides)) or "-"
+
+
 def rows(cells: list[dict]) -> str:
     out = ["| set | IPC | recipe (overrides of the cell's protocol) | validation curve (iteration: %) | kept | "
            "test % mean ± std (n) | per seed | min |", "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         curve = ", ".join(f"{int(i)}: {a:.1f}" for i, a in c["val_curve"])
-        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(c["overrides"])) or "-"
-        out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {curve} | {c['best_iteration']} | "
-                   f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']}) | {', '.join(f'{v:.2f}' for v in c['test'])} | "
+        out.append(f"| {c['method']} | {c['ipc']} | {described(c['overrides'])} | {curve} | {c['best_iteration']} | "
+                   f"{spread(c)} | {', '.join(f'{v:.2f}' for v in c['test'])} | "
                    f"{c['seconds'] / 60:.1f} |")
     return "\n".join(out) + "\n"
 
@@ -103,9 +113,9 @@ def pooled(cells: list[dict]) -> str:
                                  f"{b['name']} ran one recipe with distillation seed {distillation_seed(a)}; "
                                  "pool a folder holding one of them")
         values = [v for c in group for v in c["test"]]
-        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(seedless(group[0]["overrides"]))) or "-"
         seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
-        out.append(f"| {method} | {ipc} | {recipe} | {seeds} | {statistics.fmean(values):.2f} ± "
+        out.append(f"| {method} | {ipc} | {described(seedless(group[0]['overrides']))} | {seeds} | "
+                   f"{statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")
     return "\n".join(out) + "\n"
 
@@ -116,17 +126,13 @@ def crosschecked(cells: list[dict]) -> str:
     its test accuracy with the scorer's networks and its reported test result."""
     out = ["| set | IPC | recipe (overrides) | validation: scorer, kept | validation: evaluation nets | "
            "test: scorer nets | test: evaluation nets (reported) |", "|---|---|---|---|---|---|---|"]
-
-    def fmt(r: dict) -> str:
-        return f"{r['mean']:.2f} ± {r['std']:.2f} ({r['n']})"
     for c in cells:
         if "crosscheck" not in c:
             continue
         kept = dict((int(i), a) for i, a in c["val_curve"])[int(c["best_iteration"])]
-        recipe = ", ".join(f"{k}={v}" for k, v in short_keys(c["overrides"])) or "-"
         x = c["crosscheck"]
-        out.append(f"| {c['method']} | {c['ipc']} | {recipe} | {kept:.2f} | {fmt(x['validation_by_evaluation'])} | "
-                   f"{fmt(x['test_by_scorer'])} | {fmt(c)} |")
+        out.append(f"| {c['method']} | {c['ipc']} | {described(c['overrides'])} | {kept:.2f} | "
+                   f"{spread(x['validation_by_evaluation'])} | {spread(x['test_by_scorer'])} | {spread(c)} |")
     return "\n".join(out) + "\n"
 
 
@@ -167,7 +173,7 @@ def main(argv=None) -> None:
     ap.add_argument("--figure", type=Path)
     ap.add_argument("--pool", action="store_true", help="also print the recipes pooled over distillation seeds")
     a = ap.parse_args(argv)
-    cells = sorted((c for f in a.folder for c in load(f)), key=lambda c: (c["ipc"], c["method"], c["name"]))
+    cells = load(*a.folder)
     if not cells:
         raise SystemExit(f"{', '.join(map(str, a.folder))}: no ablation cells (*.json)")
     print(rows(cells))
