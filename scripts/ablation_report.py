@@ -11,8 +11,10 @@ every distillation cell's validation curve (accuracy on the held-out training im
 iteration), one panel per IPC. ``--pool`` adds a second table: the cells that differ only in
 their distillation seed (``distill.seed``) as one row, with the test values of every
 evaluation network of every seed pooled (mean ± population std, n), the spread a method's
-number carries once the set itself is redrawn. Cells run with ``scripts/ablation.py
---crosscheck`` add a third table: the kept set scored by both protocols on both splits (the
+number carries once the set itself is redrawn, and a third: method against method, the
+per-seed differences of recipes that differ only in their loss, with a t-interval (how large
+a gap the distillation seeds can rule out). Cells run with ``scripts/ablation.py
+--crosscheck`` add a last table: the kept set scored by both protocols on both splits (the
 validation scorer's networks and the evaluation's networks, on the validation split and on
 the test set), which tells whether a disagreement between validation and test comes from
 the split or from the evaluator.
@@ -89,34 +91,87 @@ def seedless(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.startswith(SEED)]
 
 
+def recipe_key(cell: dict, *drop: str) -> str:
+    """The cell's resolved recipe without ``distill.seed`` and the ``distill`` keys in ``drop``,
+    as a key; by the resolved recipe where the cell has one: once params.yaml's defaults move,
+    the same overrides name another recipe, and other overrides may name the same one (cells
+    without one, scripts/paper.py's, go by their other overrides)."""
+    recipe = copy.deepcopy(cell.get("recipe"))
+    if recipe is None:
+        return json.dumps([o for o in seedless(cell["overrides"])
+                           if not any(o.startswith(f"distill.{k}.") or o.startswith(f"distill.{k}=") for k in drop)])
+    for k in ("seed", *drop):
+        recipe.get("distill", {}).pop(k, None)
+    return json.dumps(recipe, sort_keys=True)
+
+
+def by_seed(group: list[dict]) -> dict[str, dict]:
+    """The cells of one recipe keyed by distillation seed, in seed order; a second cell with a
+    seed stops the report (a rerun of one set would count its networks twice)."""
+    out: dict[str, dict] = {}
+    for c in sorted(group, key=lambda c: seed_order(distillation_seed(c))):
+        s = distillation_seed(c)
+        if s in out:
+            raise SystemExit(f"--pool: cells {out[s]['method']}-ipc{c['ipc']}-{out[s]['name']} and {c['method']}-"
+                             f"ipc{c['ipc']}-{c['name']} ran one recipe with distillation seed {s}; "
+                             "pool a folder holding one of them")
+        out[s] = c
+    return out
+
+
+def recipes(cells: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """(IPC, method, recipe without ``distill.seed``) -> its cells by distillation seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["ipc"], c["method"], recipe_key(c)), []).append(c)
+    return {k: by_seed(g) for k, g in groups.items()}
+
+
 def pooled(cells: list[dict]) -> str:
     """One row per (method, IPC, recipe other than ``distill.seed``): the cells of a recipe
     distilled from several seeds, their per-seed means, and all their test values pooled."""
-    groups: dict[tuple, list[dict]] = {}
-    for c in cells:
-        # by the resolved recipe where the cell has one: once params.yaml's defaults move, the
-        # same overrides name another recipe, and other overrides may name the same one
-        recipe = copy.deepcopy(c.get("recipe"))
-        if recipe is not None:
-            recipe.get("distill", {}).pop("seed", None)
-            key = json.dumps(recipe, sort_keys=True)
-        else:
-            key = json.dumps(seedless(c["overrides"]))
-        groups.setdefault((c["ipc"], c["method"], key), []).append(c)
     out = ["| set | IPC | recipe (overrides of the first seed's cell) | distillation seed: test % mean | "
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
-    for (ipc, method, _), group in sorted(groups.items(), key=lambda kv: kv[0][:2]):
-        group.sort(key=lambda c: seed_order(distillation_seed(c)))
-        for a, b in zip(group, group[1:]):  # a rerun of one set would count its networks twice
-            if distillation_seed(a) == distillation_seed(b):
-                raise SystemExit(f"--pool: cells {a['method']}-ipc{ipc}-{a['name']} and {b['method']}-ipc{ipc}-"
-                                 f"{b['name']} ran one recipe with distillation seed {distillation_seed(a)}; "
-                                 "pool a folder holding one of them")
-        values = [v for c in group for v in c["test"]]
-        seeds = ", ".join(f"{distillation_seed(c)}: {c['mean']:.2f}" for c in group)
-        out.append(f"| {method} | {ipc} | {described(seedless(group[0]['overrides']))} | {seeds} | "
+    for (ipc, method, _), group in sorted(recipes(cells).items(), key=lambda kv: kv[0][:2]):
+        values = [v for c in group.values() for v in c["test"]]
+        seeds = ", ".join(f"{s}: {c['mean']:.2f}" for s, c in group.items())
+        first = next(iter(group.values()))
+        out.append(f"| {method} | {ipc} | {described(seedless(first['overrides']))} | {seeds} | "
                    f"{statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")
+    return "\n".join(out) + "\n"
+
+
+ORDER = ("atom", "datadam", "dm")  # the paper's ranking: a comparison reads "first minus second"
+
+
+def paired(cells: list[dict], level: float = 0.95) -> str:
+    """Method against method, paired by distillation seed: at one seed every method starts
+    from the same set, so the per-seed difference of test means removes what the start does
+    to both. One row per two recipes of different methods that
+    differ only in the loss (``distill.loss``, each method's own) and share two or more
+    distillation seeds: the differences, their mean ± sample std (n seeds) and a two-sided
+    t-interval, which says how large a gap the seeds can rule out."""
+    from scipy.stats import t
+
+    rank = {m: i for i, m in enumerate(ORDER)}
+    groups = sorted(recipes(cells).items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(ORDER)), kv[0][1]))
+    out = [f"| IPC | first | second | distillation seed: first − second | mean ± std (n seeds) | "
+           f"{level:.0%} t-interval |", "|---|---|---|---|---|---|"]
+    for i, ((ipc, ma, _), a) in enumerate(groups):
+        for (ipc_b, mb, _), b in groups[i + 1:]:
+            first, second = next(iter(a.values())), next(iter(b.values()))
+            common = sorted(set(a) & set(b), key=seed_order)
+            if (ipc_b != ipc or mb == ma or len(common) < 2
+                    or recipe_key(first, "loss") != recipe_key(second, "loss")):
+                continue
+            d = [a[s]["mean"] - b[s]["mean"] for s in common]
+            m, sd = statistics.fmean(d), statistics.stdev(d)
+            half = t.ppf(0.5 + level / 2, len(d) - 1) * sd / len(d) ** 0.5
+            name = lambda c: f"{c['method']} ({described(seedless(c['overrides']))})"  # noqa: E731
+            out.append(f"| {ipc} | {name(first)} | {name(second)} | "
+                       f"{', '.join(f'{s}: {x:+.2f}' for s, x in zip(common, d))} | {m:+.2f} ± {sd:.2f} ({len(d)}) | "
+                       f"[{m - half:+.2f}, {m + half:+.2f}] |")
     return "\n".join(out) + "\n"
 
 
@@ -171,7 +226,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, nargs="+", help="folders of cells (*.json), read together")
     ap.add_argument("--figure", type=Path)
-    ap.add_argument("--pool", action="store_true", help="also print the recipes pooled over distillation seeds")
+    ap.add_argument("--pool", action="store_true", help="also print the recipes pooled over distillation seeds and the methods paired by seed")
     a = ap.parse_args(argv)
     cells = load(*a.folder)
     if not cells:
@@ -179,6 +234,7 @@ def main(argv=None) -> None:
     print(rows(cells))
     if a.pool:
         print(pooled(cells))
+        print(paired(cells))
     if any("crosscheck" in c for c in cells):
         print(crosschecked(cells))
     if a.figure:

@@ -198,3 +198,28 @@ def test_ablation_report_reads_several_folders_and_refuses_to_pool_a_set_twice(t
         ablation_report.main([str(tmp_path / "a"), str(tmp_path / "b"), "--pool"])
     ablation_report.main([str(tmp_path / "a"), "--pool"])
     assert "| dm | 1 | - | 0: 30.00 | 30.00 ± 0.00 (1) |" in capsys.readouterr().out
+
+
+def test_ablation_report_pairs_methods_by_distillation_seed():
+    import ablation_report
+    import statistics
+    from scipy.stats import t
+
+    def cell(method, seed, mean, ipc=10, **distill):
+        return {"method": method, "ipc": ipc, "name": "x", "overrides": [f"distill.seed={seed}"], "mean": mean,
+                "test": [mean], "recipe": {"distill": dict(distill, seed=seed, factor=distill.get("factor", 2))}}
+    atom = [cell("atom", s, m, loss={"mixing": "concat"}) for s, m in ((0, 47.0), (1, 48.0), (2, 47.5))]
+    dm = [cell("dm", s, m, loss={"mixing": "sum"}) for s, m in ((2, 47.0), (0, 47.5), (1, 47.0))]
+    others = [cell("datadam", 0, 50.0, factor=1), cell("datadam", 1, 50.0, factor=1),  # another recipe
+              cell("datadam", 0, 40.0, ipc=1), cell("datadam", 1, 40.0, ipc=1),       # another IPC
+              cell("random", 0, 30.0)]                                                 # one seed only
+    table = ablation_report.paired(dm + others + atom).splitlines()
+    assert len(table) == 3  # header, rule, atom against dm: nothing else shares a recipe and two seeds
+    d = [-0.5, 1.0, 0.5]  # atom - dm at seeds 0, 1, 2: the first method of the paper's order comes first
+    m, sd = statistics.fmean(d), statistics.stdev(d)
+    half = t.ppf(0.975, 2) * sd / 3 ** 0.5
+    assert table[2] == (f"| 10 | atom (-) | dm (-) | 0: -0.50, 1: +1.00, 2: +0.50 | {m:+.2f} ± {sd:.2f} (3) | "
+                        f"[{m - half:+.2f}, {m + half:+.2f}] |")
+    # a rerun of one seed would pair a set with itself: refused, as --pool refuses it
+    with pytest.raises(SystemExit, match="ran one recipe with distillation seed 0"):
+        ablation_report.paired(atom + dm + [dict(atom[0], name="rerun")])
