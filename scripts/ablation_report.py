@@ -154,22 +154,26 @@ def paired(cells: list[dict], level: float = 0.95) -> str:
     t-interval, which says how large a gap the seeds can rule out."""
     from scipy.stats import t
 
+    def name(c: dict) -> str:
+        return f"{c['method']} ({described(seedless(c['overrides']))})"
+
     rank = {m: i for i, m in enumerate(ORDER)}
-    groups = sorted(recipes(cells).items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(ORDER)), kv[0][1]))
+    # (IPC, method, recipe without its loss, cells by seed): two recipes compare when the first
+    # three agree but the method; the loss-free key is made once per recipe, not once per pair
+    groups = [(ipc, method, recipe_key(next(iter(g.values())), "loss"), g)
+              for (ipc, method, _), g in sorted(recipes(cells).items(),
+                                                key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(ORDER)), kv[0][1]))]
     out = [f"| IPC | first | second | distillation seed: first − second | mean ± std (n seeds) | "
            f"{level:.0%} t-interval |", "|---|---|---|---|---|---|"]
-    for i, ((ipc, ma, _), a) in enumerate(groups):
-        for (ipc_b, mb, _), b in groups[i + 1:]:
-            first, second = next(iter(a.values())), next(iter(b.values()))
+    for i, (ipc, ma, ka, a) in enumerate(groups):
+        for ipc_b, mb, kb, b in groups[i + 1:]:
             common = sorted(set(a) & set(b), key=seed_order)
-            if (ipc_b != ipc or mb == ma or len(common) < 2
-                    or recipe_key(first, "loss") != recipe_key(second, "loss")):
+            if ipc_b != ipc or mb == ma or kb != ka or len(common) < 2:
                 continue
             d = [a[s]["mean"] - b[s]["mean"] for s in common]
             m, sd = statistics.fmean(d), statistics.stdev(d)
             half = t.ppf(0.5 + level / 2, len(d) - 1) * sd / len(d) ** 0.5
-            name = lambda c: f"{c['method']} ({described(seedless(c['overrides']))})"  # noqa: E731
-            out.append(f"| {ipc} | {name(first)} | {name(second)} | "
+            out.append(f"| {ipc} | {name(next(iter(a.values())))} | {name(next(iter(b.values())))} | "
                        f"{', '.join(f'{s}: {x:+.2f}' for s, x in zip(common, d))} | {m:+.2f} ± {sd:.2f} ({len(d)}) | "
                        f"[{m - half:+.2f}, {m + half:+.2f}] |")
     return "\n".join(out) + "\n"

@@ -106,6 +106,19 @@ def test_make_paper_default_protocol_is_a_named_protocol():
     assert paper.parser().get_default("protocol") == make_default
 
 
+def test_cpu_wide_protocol_is_the_cpu_protocol_with_a_wider_distillation_network():
+    # params.yaml spells cpu-wide out in full (protocols have no inheritance): this keeps the
+    # copy from drifting, so results.md section 2g's comparison stays one of width alone
+    import copy
+    import yaml
+    protocols = yaml.safe_load((ROOT / "params.yaml").read_text())["protocols"]
+    cpu, wide = protocols["cpu"], copy.deepcopy(protocols["cpu-wide"])
+    assert (cpu["distill"]["net"]["width"], wide["distill"]["net"]["width"]) == (64, 128)
+    wide["distill"]["net"]["width"] = 64
+    assert {k: v for k, v in wide.items() if k != "description"} == \
+        {k: v for k, v in cpu.items() if k != "description"}
+
+
 def test_ablation_report_reads_paper_cells(tmp_path, capsys):
     import ablation_report
     cell = {"method": "atom", "ipc": 10, "overrides": ["distill.iterations=4"], "val_curve": [[0, 40.0], [4, 45.5]],
