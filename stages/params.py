@@ -21,7 +21,7 @@ import yaml
 from .layout import PARAMS, ROOT
 
 __all__ = ["ParamsError", "SCHEMA", "read_yaml", "validate_params", "check_params", "load_params", "merge",
-           "section", "distill_kwargs", "evaluate_settings", "stage_params"]
+           "section", "protocol_overrides", "distill_kwargs", "evaluate_settings", "stage_params"]
 
 SCHEMA = ROOT / "schemas" / "params.schema.yaml"
 
@@ -64,6 +64,15 @@ def validate_params(params: Any, source: str = PARAMS, schema_path: str | os.Pat
 def check_params(params: dict, source: str = PARAMS) -> None:
     """Rules the schema cannot express: the matrix names existing datasets and something runs."""
     exp = params["experiment"]
+    for name, proto in params["protocols"].items():  # before any section() below resolves a chain
+        chain = [name]
+        while (base := params["protocols"][chain[-1]].get("base")) is not None:
+            if base not in params["protocols"]:
+                raise ParamsError(f"{source}: protocols.{chain[-1]}.base: {base!r} is not a key of `protocols` "
+                                  f"(available: {sorted(params['protocols'])})")
+            if base in chain:
+                raise ParamsError(f"{source}: protocols.{name}.base: a cycle ({' -> '.join(chain + [base])})")
+            chain.append(base)
     for i, name in enumerate(exp["datasets"]):
         if name not in params["datasets"]:
             raise ParamsError(f"{source}: experiment.datasets.{i}: {name!r} is not a key of `datasets` "
@@ -130,7 +139,16 @@ def section(params: dict, name: str, dataset: str | None = None) -> dict:
         return copy.deepcopy(base)
     out = merge(base, params["datasets"][dataset].get(name) or {})
     proto = protocol(params, dataset)
-    return merge(out, params["protocols"][proto].get(name) or {}) if proto else out
+    return merge(out, protocol_overrides(params, proto, name)) if proto else out
+
+
+def protocol_overrides(params: dict, proto: str, name: str) -> dict:
+    """A protocol's overrides of section ``name``: its ``base`` protocol's (resolved the same
+    way, so chains work), then its own on top. :func:`check_params` has ruled out unknown bases
+    and cycles."""
+    entry = params["protocols"][proto]
+    own = entry.get(name) or {}
+    return merge(protocol_overrides(params, entry["base"], name), own) if entry.get("base") else copy.deepcopy(own)
 
 
 def distill_kwargs(params: dict, dataset: str, method: str) -> dict:

@@ -107,16 +107,21 @@ def test_make_paper_default_protocol_is_a_named_protocol():
 
 
 def test_cpu_wide_protocol_is_the_cpu_protocol_with_a_wider_distillation_network():
-    # params.yaml spells cpu-wide out in full (protocols have no inheritance): this keeps the
-    # copy from drifting, so results.md section 2g's comparison stays one of width alone
+    # results.md section 2g compares the two protocols as a change of width alone: what they
+    # resolve to (cpu-wide names cpu as its base) must differ in nothing else
     import copy
-    import yaml
-    protocols = yaml.safe_load((ROOT / "params.yaml").read_text())["protocols"]
-    cpu, wide = protocols["cpu"], copy.deepcopy(protocols["cpu-wide"])
+    from stages.params import load_params, section
+    params = load_params(ROOT / "params.yaml")
+    resolved = {}
+    for proto in ("cpu", "cpu-wide"):
+        p = copy.deepcopy(params)
+        p["datasets"]["cifar10-jpeg"]["protocol"] = proto
+        resolved[proto] = {sec: section(p, sec, "cifar10-jpeg") for sec in ("distill", "evaluate", "validation")}
+    cpu, wide = resolved["cpu"], resolved["cpu-wide"]
     assert (cpu["distill"]["net"]["width"], wide["distill"]["net"]["width"]) == (64, 128)
+    assert cpu["evaluate"]["net"]["width"] == wide["evaluate"]["net"]["width"] == 64
     wide["distill"]["net"]["width"] = 64
-    assert {k: v for k, v in wide.items() if k != "description"} == \
-        {k: v for k, v in cpu.items() if k != "description"}
+    assert wide == cpu
 
 
 def test_ablation_report_reads_paper_cells(tmp_path, capsys):

@@ -71,11 +71,42 @@ def test_cifar10_groups_share_one_recipe_and_a_loss_override_keeps_the_other_ter
     # the one the cifar10 group runs
     jpeg, cifar = distill_kwargs(params, "cifar10-jpeg", method), distill_kwargs(params, "cifar10", method)
     assert jpeg == cifar
+    assert all(section(params, sec, "cifar10-jpeg") == section(params, sec, "cifar10") for sec in ("evaluate", "validation"))
     base = params["distill"]["loss"][method]
     named = params["datasets"]["cifar10"]["distill"].get("loss", {}).get(method, {})
     assert set(cifar["loss"]) == set(base)
     assert {k: v for k, v in cifar["loss"].items() if k not in named} == {k: v for k, v in base.items() if k not in named}
     assert all(cifar["loss"][k] == v for k, v in named.items())
+
+
+def test_a_protocol_base_applies_first_and_chains(params):
+    p = copy.deepcopy(params)
+    p["protocols"].update(
+        a={"description": "a", "distill": {"iterations": 7, "batch_real": 5}, "evaluate": {"epochs": 9}},
+        b={"description": "b", "base": "a", "distill": {"iterations": 11}},
+        c={"description": "c", "base": "b", "distill": {"net": {"width": 16}}})
+    p["datasets"]["digits"]["protocol"] = "c"
+    written = copy.deepcopy(p["protocols"])
+    validate_params(p)
+    d, e = section(p, "distill", "digits"), section(p, "evaluate", "digits")
+    assert (d["iterations"], d["batch_real"], d["net"]["width"]) == (11, 5, 16)  # nearest protocol wins per key
+    assert d["net"]["depth"] == params["distill"]["net"]["depth"] and e["epochs"] == 9
+    assert p["protocols"] == written  # resolving leaves the written protocols alone
+
+
+@pytest.mark.parametrize("bases, words", [
+    ({"a": "nope"}, ["protocols.a.base", "'nope' is not a key of `protocols`"]),
+    ({"a": "b", "b": "a"}, ["protocols.a.base", "cycle (a -> b -> a)"]),
+    ({"a": "a"}, ["protocols.a.base", "cycle (a -> a)"]),
+])
+def test_a_protocol_base_must_exist_and_not_loop(params, bases, words):
+    p = copy.deepcopy(params)
+    for name, base in bases.items():
+        p["protocols"][name] = {"description": name, "base": base}
+    p["protocols"].setdefault("b", {"description": "b"})
+    with pytest.raises(ParamsError) as err:
+        validate_params(p)
+    assert all(w in str(err.value) for w in words), str(err.value)
 
 
 @pytest.mark.parametrize("key, value, words", [
