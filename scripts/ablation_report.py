@@ -8,7 +8,8 @@
 Prints one Markdown table row per cell (set, IPC, overrides, validation score at each scored
 iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
 every distillation cell's validation curve (accuracy on the held-out training images against
-iteration), one panel per IPC. ``--pool`` adds a second table: the cells that differ only in
+iteration), one panel per IPC. A cell's recipe column lists its overrides of its own
+protocol, led by ``protocol=<name>`` where that is not the protocol most cells ran. ``--pool`` adds a second table: the cells that differ only in
 their distillation seed (``distill.seed``) as one row, with the test values of every
 evaluation network of every seed pooled (mean ± population std, n), the spread a method's
 number carries once the set itself is redrawn, and a third: method against method, the
@@ -59,12 +60,31 @@ def described(overrides: list[str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in short_keys(overrides)) or "-"
 
 
+def usual_protocol(cells: list[dict]):
+    """The protocol most of the cells ran (None: no cell records one, scripts/paper.py's)."""
+    names = [c.get("protocol") for c in cells]
+    return max(dict.fromkeys(names), key=names.count) if names else None
+
+
+def label(cell: dict, usual, overrides: list[str] | None = None) -> str:
+    """The recipe column of ``cell``: its overrides (``overrides`` where given), led by
+    ``protocol=<name>`` when the cell ran another protocol than ``usual``: the overrides are
+    relative to the cell's own protocol, so two cells with the same overrides under two
+    protocols must not read alike."""
+    text = described(cell["overrides"] if overrides is None else overrides)
+    proto = cell.get("protocol")
+    if proto == usual:
+        return text
+    return f"protocol={proto}" + ("" if text == "-" else f", {text}")
+
+
 def rows(cells: list[dict]) -> str:
+    usual = usual_protocol(cells)
     out = ["| set | IPC | recipe (overrides of the cell's protocol) | validation curve (iteration: %) | kept | "
            "test % mean ± std (n) | per seed | min |", "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         curve = ", ".join(f"{int(i)}: {a:.1f}" for i, a in c["val_curve"])
-        out.append(f"| {c['method']} | {c['ipc']} | {described(c['overrides'])} | {curve} | {c['best_iteration']} | "
+        out.append(f"| {c['method']} | {c['ipc']} | {label(c, usual)} | {curve} | {c['best_iteration']} | "
                    f"{spread(c)} | {', '.join(f'{v:.2f}' for v in c['test'])} | "
                    f"{c['seconds'] / 60:.1f} |")
     return "\n".join(out) + "\n"
@@ -130,13 +150,14 @@ def recipes(cells: list[dict]) -> dict[tuple, dict[str, dict]]:
 def pooled(cells: list[dict]) -> str:
     """One row per (method, IPC, recipe other than ``distill.seed``): the cells of a recipe
     distilled from several seeds, their per-seed means, and all their test values pooled."""
+    usual = usual_protocol(cells)
     out = ["| set | IPC | recipe (overrides of the first seed's cell) | distillation seed: test % mean | "
            "pooled test % mean ± std (n) |", "|---|---|---|---|---|"]
     for (ipc, method, _), group in sorted(recipes(cells).items(), key=lambda kv: kv[0][:2]):
         values = [v for c in group.values() for v in c["test"]]
         seeds = ", ".join(f"{s}: {c['mean']:.2f}" for s, c in group.items())
         first = next(iter(group.values()))
-        out.append(f"| {method} | {ipc} | {described(seedless(first['overrides']))} | {seeds} | "
+        out.append(f"| {method} | {ipc} | {label(first, usual, seedless(first['overrides']))} | {seeds} | "
                    f"{statistics.fmean(values):.2f} ± "
                    f"{statistics.pstdev(values):.2f} ({len(values)}) |")
     return "\n".join(out) + "\n"
@@ -154,8 +175,10 @@ def paired(cells: list[dict], level: float = 0.95) -> str:
     t-interval, which says how large a gap the seeds can rule out."""
     from scipy.stats import t
 
+    usual = usual_protocol(cells)
+
     def name(c: dict) -> str:
-        return f"{c['method']} ({described(seedless(c['overrides']))})"
+        return f"{c['method']} ({label(c, usual, seedless(c['overrides']))})"
 
     rank = {m: i for i, m in enumerate(ORDER)}
     # (IPC, method, recipe without its loss, cells by seed): two recipes compare when the first
@@ -185,12 +208,13 @@ def crosschecked(cells: list[dict]) -> str:
     its test accuracy with the scorer's networks and its reported test result."""
     out = ["| set | IPC | recipe (overrides) | validation: scorer, kept | validation: evaluation nets | "
            "test: scorer nets | test: evaluation nets (reported) |", "|---|---|---|---|---|---|---|"]
+    usual = usual_protocol(cells)
     for c in cells:
         if "crosscheck" not in c:
             continue
         kept = dict((int(i), a) for i, a in c["val_curve"])[int(c["best_iteration"])]
         x = c["crosscheck"]
-        out.append(f"| {c['method']} | {c['ipc']} | {described(c['overrides'])} | {kept:.2f} | "
+        out.append(f"| {c['method']} | {c['ipc']} | {label(c, usual)} | {kept:.2f} | "
                    f"{spread(x['validation_by_evaluation'])} | {spread(x['test_by_scorer'])} | {spread(c)} |")
     return "\n".join(out) + "\n"
 

@@ -241,3 +241,22 @@ def test_ablation_report_pairs_methods_by_distillation_seed():
     # a rerun of one seed would pair a set with itself: refused, as --pool refuses it
     with pytest.raises(SystemExit, match="ran one recipe with distillation seed 0"):
         ablation_report.paired(atom + dm + [dict(atom[0], name="rerun")])
+
+
+def test_ablation_report_names_a_cells_protocol_where_it_is_not_the_usual_one():
+    # a cell's overrides are relative to its own protocol: seed=1 under cpu and seed=1 under
+    # cpu-wide are different recipes and must not read alike
+    import ablation_report
+
+    def cell(protocol, width, seed):
+        return {"method": "dm", "ipc": 10, "name": f"w{width}-{seed}", "protocol": protocol,
+                "overrides": [f"distill.seed={seed}"] + ([] if protocol == "cpu-wide" or width == 64 else
+                                                         ["distill.net.width=128"]),
+                "val_curve": [[0, 40.0]], "best_iteration": 0, "mean": 47.0, "std": 0.0, "n": 1, "test": [47.0],
+                "seconds": 60.0, "recipe": {"distill": {"seed": seed, "net": {"width": width}}}}
+    cells = [cell("cpu", 64, 1), cell("cpu", 64, 2), cell("cpu", 128, 0), cell("cpu-wide", 128, 1)]
+    labels = [line.split(" | ")[2] for line in ablation_report.rows(cells).splitlines()[2:]]
+    assert labels == ["seed=1", "seed=2", "seed=0, width=128", "protocol=cpu-wide, seed=1"]
+    pooled = ablation_report.pooled(cells)  # one recipe: width 128 under cpu and under cpu-wide
+    assert "| dm | 10 | width=128 | 0: 47.00, 1: 47.00 | 47.00 ± 0.00 (2) |" in pooled
+    assert ablation_report.usual_protocol([{"protocol": None}]) is None
