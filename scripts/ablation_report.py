@@ -9,8 +9,9 @@ Prints one Markdown table row per cell (set, IPC, overrides, validation score at
 iteration, the iteration kept, test mean ± std (n) with the per-seed values, minutes) and draws
 every distillation cell's validation curve (accuracy on the held-out training images against
 iteration), one panel per IPC. A cell's recipe column lists its overrides of its own
-protocol, led by ``protocol=<name>`` where that is not the protocol most cells ran. ``--pool`` adds a second table: the cells that differ only in
-their distillation seed (``distill.seed``) as one row, with the test values of every
+protocol, led by ``protocol=<name>`` where that is not the protocol most cells ran.
+``--pool`` adds a second table: the cells that differ only in their distillation seed
+(``distill.seed``) as one row, with the test values of every
 evaluation network of every seed pooled (mean ± population std, n), the spread a method's
 number carries once the set itself is redrawn, and a third: method against method, the
 per-seed differences of recipes that differ only in their loss, with a t-interval (how large

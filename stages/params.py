@@ -64,7 +64,7 @@ def validate_params(params: Any, source: str = PARAMS, schema_path: str | os.Pat
 def check_params(params: dict, source: str = PARAMS) -> None:
     """Rules the schema cannot express: the matrix names existing datasets and something runs."""
     exp = params["experiment"]
-    for name, proto in params["protocols"].items():  # before any section() below resolves a chain
+    for name in params["protocols"]:  # before any section() below resolves a chain
         chain = [name]
         while (base := params["protocols"][chain[-1]].get("base")) is not None:
             if base not in params["protocols"]:

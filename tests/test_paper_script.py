@@ -107,17 +107,12 @@ def test_make_paper_default_protocol_is_a_named_protocol():
 
 
 def test_cpu_wide_protocol_is_the_cpu_protocol_with_a_wider_distillation_network():
-    # results.md section 2g compares the two protocols as a change of width alone: what they
-    # resolve to (cpu-wide names cpu as its base) must differ in nothing else
-    import copy
-    from stages.params import load_params, section
+    # results.md section 2g compares the two protocols as a change of width alone: the recipes
+    # the ablation cells run under them (cpu-wide names cpu as its base) differ in nothing else
+    import ablation
+    from stages.params import load_params
     params = load_params(ROOT / "params.yaml")
-    resolved = {}
-    for proto in ("cpu", "cpu-wide"):
-        p = copy.deepcopy(params)
-        p["datasets"]["cifar10-jpeg"]["protocol"] = proto
-        resolved[proto] = {sec: section(p, sec, "cifar10-jpeg") for sec in ("distill", "evaluate", "validation")}
-    cpu, wide = resolved["cpu"], resolved["cpu-wide"]
+    cpu, wide = (ablation.recipe_for(params, "cifar10-jpeg", "atom", proto) for proto in ("cpu", "cpu-wide"))
     assert (cpu["distill"]["net"]["width"], wide["distill"]["net"]["width"]) == (64, 128)
     assert cpu["evaluate"]["net"]["width"] == wide["evaluate"]["net"]["width"] == 64
     wide["distill"]["net"]["width"] = 64
