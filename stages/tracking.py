@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .lifecycle import shielded
 from .mlstore import (DEFAULT_TRACKING_URI, TrackingUnavailable, bound_http_retries, check_reachable, file_lock,
                       lock_path, tracking_uri)
 
@@ -141,7 +142,7 @@ class Tracker:
     def _guard(self, what: str, fn: Callable[..., Any], *args, **kwargs):
         for attempt in range(3):
             try:
-                with self._lock():
+                with shielded(), self._lock():  # a signal here is raised after the write (stages.lifecycle)
                     return fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - recording must never break a stage
                 if attempt == 2 or "locked" not in str(exc).lower():

@@ -5,6 +5,8 @@ compute (``mlflow.required``) or is a warning. Every store lives in a temp folde
 loopback sockets."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_support import ROOT, make_project, project_env, tiny_params
-from stages import mlstore
+from stages import lifecycle, mlstore
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -207,3 +209,130 @@ def test_a_distill_run_streams_while_it_runs_and_ends_failed_on_sigterm(tmp_path
     run = _client(root).get_run(run.info.run_id)
     assert run.info.status == "FAILED" and "SIGTERM" in run.data.tags["error"]
     assert "stage stopped: terminated by SIGTERM" in (root / "logs/distill/digits-atom-ipc1.log").read_text()
+
+
+# ------------------------------------------------------------------ a signal in the middle of a write
+
+SWEEP = textwrap.dedent("""
+    import contextlib, json, logging, os, signal, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from pipeline_support import tiny_params
+    from stages import lifecycle
+    from stages.tracking import Tracker
+    from mlflow.tracking import MlflowClient
+    here, signame = Path(sys.argv[2]), sys.argv[3]
+    signum = getattr(signal, signame)
+    params = tiny_params({"paths": {"logs": str(here / "logs")},
+                          "mlflow": {"artifact_root": str(here / "artifacts"),
+                                     "tracking_uri": f"sqlite:///{here / 'mlflow.db'}"}})
+    tracker = Tracker(params, "digits", logging.getLogger("sweep"))
+    client = MlflowClient(f"sqlite:///{here / 'mlflow.db'}")
+    # where a half-entered context manager keeps a lock: contextlib, the store's lock, MLflow's sessions
+    WATCH = ("contextlib.py", "mlstore.py", os.sep + os.path.join("mlflow", "store", "db", "utils.py"))
+    state = {}
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename.endswith(WATCH):
+            state["n"] += 1
+            if state["n"] == state["target"]:
+                sys.settrace(None)
+                state["where"] = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} ({event})"
+                os.kill(os.getpid(), signum)
+        return tracer
+
+    def main(argv):
+        run = lifecycle.register(contextlib.ExitStack()).enter_context(tracker.run("distill", "atom", 1))
+        state["run"] = run.run_id
+        sys.settrace(tracer)
+        try:
+            run.log_metrics({"loss": 0.5}, step=5)
+        finally:
+            sys.settrace(None)
+        time.sleep(0.2)  # a signal sent at the write's last traced event lands here at the latest
+
+    def stuck(signum, frame):
+        print(json.dumps({"target": state["target"], "stuck": state.get("where")}), flush=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGALRM, stuck)
+    target = 0
+    while True:
+        target += 1
+        state.update(n=0, target=target, where=None)
+        signal.alarm(20)  # a run that cannot end within 20 s is stuck on a lock it holds itself
+        t0 = time.monotonic()
+        try:
+            lifecycle.call(main, [])
+            raised = None
+        except (lifecycle.Terminated, KeyboardInterrupt) as exc:
+            raised = type(exc).__name__
+        signal.alarm(0)
+        if state["where"] is None:
+            break  # the write has fewer traced events than this target
+        r = client.get_run(state["run"])
+        print(json.dumps({"target": target, "where": state["where"], "raised": raised, "status": r.info.status,
+                          "error": r.data.tags.get("error"), "seconds": time.monotonic() - t0}), flush=True)
+""")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_at_any_point_of_a_tracking_write_still_ends_the_run_failed_at_once(tmp_path, signame):
+    # the signal is sent at each traced line of contextlib, the store's lock and MLflow's session
+    # maker during one metrics write; raised there, it used to leave the lock (or a SQLite write
+    # transaction) held by a half-entered context manager, and the writes that end the run waited
+    # on it for ever (or 20 s per attempt). It must be held until the write is done.
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    env = dict(project_env(ROOT), PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI")
+    tests = str(Path(__file__).resolve().parent)
+    res = subprocess.run([PY, str(tmp_path / "sweep.py"), tests, str(tmp_path), signame], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=500)
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    stuck = [r for r in rows if "stuck" in r]
+    assert not stuck and res.returncode == 0, (stuck, res.stderr[-3000:])
+    assert len(rows) >= 20, rows  # the write passes through that many points at least
+    exc = "Terminated" if signame == "SIGTERM" else "KeyboardInterrupt"
+    for r in rows:
+        assert r["raised"] == exc and r["status"] == "FAILED" and r["seconds"] < 10, r
+        assert r["error"].startswith(exc) and (signame != "SIGTERM" or "SIGTERM" in r["error"]), r
+
+
+@pytest.mark.parametrize("signame,exc", [("SIGTERM", lifecycle.Terminated), ("SIGINT", KeyboardInterrupt)])
+def test_a_shielded_block_finishes_before_the_signal_is_raised(signame, exc):
+    done = []
+
+    def main(argv):
+        with lifecycle.shielded():
+            with lifecycle.shielded():  # nested: raised when the outermost block ends
+                os.kill(os.getpid(), getattr(signal, signame))
+                time.sleep(0.05)  # the handler has run by now, and held the signal
+                done.append("inner")
+            done.append("outer")
+        done.append("after")  # never reached
+
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
+    with pytest.raises(exc):
+        lifecycle.call(main, [])
+    assert done == ["inner", "outer"]
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == before  # restored
+
+
+def test_further_signals_are_ignored_while_the_runs_end():
+    ended = []
+
+    def main(argv):
+        stack = lifecycle.register(contextlib.ExitStack())
+
+        @stack.push
+        def end(*exc_info):  # a run's last writes, interrupted by a second and a third signal
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            ended.append(exc_info[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted
+
+    with pytest.raises(lifecycle.Terminated, match="SIGTERM"):
+        lifecycle.call(main, [])
+    assert ended == [lifecycle.Terminated]
