@@ -89,7 +89,6 @@ def call(main: Callable[[list[str] | None], None], argv: list[str] | None) -> No
     (held while a :func:`shielded` block runs); then end the registered runs, ignoring further
     signals meanwhile."""
     previous = {s: signal.signal(s, _on_signal) for s in _SIGNALS}
-    _Shield.pending = None
     try:
         try:
             main(argv)
@@ -100,7 +99,7 @@ def call(main: Callable[[list[str] | None], None], argv: list[str] | None) -> No
         _ignore_signals()
         _close(None)
     finally:
-        _Shield.pending = None
+        _Shield.pending = None  # only _on_signal sets it, and only while call() runs
         for s, handler in previous.items():
             signal.signal(s, handler)
 
