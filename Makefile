@@ -29,8 +29,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,pipeline,slurm]'
 	touch $(STAMP)
 
+# the pipeline, then the report it wrote (paths.results/report/summary.md)
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
+	@$(PY) -c 'import pathlib, yaml; p = pathlib.Path(yaml.safe_load(open("params.yaml"))["paths"]["results"], "report", "summary.md"); print(f"\n{p}:\n"); print(p.read_text())'
 
 # the pipeline on a SLURM cluster; needs the plugin: pip install -e '.[slurm]'
 slurm: $(STAMP)

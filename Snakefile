@@ -1,4 +1,4 @@
-# The ATOM pipeline: download -> zca -> distill -> evaluate, crossarch, nas shards -> nas_merge -> visualize -> report.
+# The ATOM pipeline: download -> zca -> pool -> distill -> evaluate, crossarch, nas shards -> nas_merge -> visualize -> report.
 #
 #   snakemake --cores 2                       # everything in params.yaml's experiment matrix
 #   snakemake --profile profiles/local        # the same, with the local profile
@@ -26,18 +26,22 @@ configfile: "params.yaml"
 # `snakemake --report report.html` (or .zip): the results table, the accuracy plot, every
 # synthetic set's grid and its loss/validation curves, captioned from report/*.rst
 report: "report/workflow.rst"
-validate(config, "schemas/params.schema.yaml", set_default=False)
-check_params(config)
-# The stages read params.yaml themselves: refuse --config/--configfile overrides they would miss.
+# The stages read params.yaml themselves: refuse --config/--configfile overrides they would miss
+# (first: an override is the error, not the schema error it may cause).
 if config != yaml.safe_load(Path("params.yaml").read_text()):
     raise ValueError("params: command-line overrides (--config/--configfile) are not supported; edit "
                      "params.yaml (or a copy of the project) instead")
+validate(config, "schemas/params.schema.yaml", set_default=False)
+check_params(config)
 
 PY = shlex.quote(sys.executable)
 EXP = config["experiment"]
 RT = config["runtime"]
 P = {key: layout.pattern(config, key) for key in layout.PATTERNS}
-CODE = {stage: layout.code_deps(stage) for stage in layout.STAGES}
+# each rule's code inputs, as an input function that refuses a job outside params.yaml's matrix
+# (a requested target such as .../ipc7/...) with a message naming the value and its key
+CODE = {stage: (lambda w, s=stage: layout.check_job(config, s, dict(w.items())) or layout.code_deps(s))
+        for stage in layout.STAGES}
 # a GPU slot per job when the jobs will use CUDA (limit with --resources gpu=N)
 GPU = 0 if RT["device"] == "cpu" else int(RT["device"].startswith("cuda") or shutil.which("nvidia-smi") is not None)
 
@@ -112,9 +116,31 @@ rule zca:
         f"{PY} -m stages.zca --dataset {{wildcards.dataset}}"
 
 
+rule pool:
+    input:
+        P["prepared"],
+        CODE["pool"],
+    output:
+        P["pool"],
+        P["pool_metrics"],
+        P["pool_info"],
+    params:
+        section=lambda w: stage_params(config, "pool", w.dataset),
+    log:
+        str(layout.log_path(config, "pool", "{dataset}")),
+    benchmark:
+        str(layout.benchmark_path(config, "pool", "{dataset}"))
+    threads: RT["threads"]
+    resources:
+        gpu=GPU,
+    shell:
+        f"{PY} -m stages.pool --dataset {{wildcards.dataset}}"
+
+
 rule distill:
     input:
         P["prepared"],
+        P["pool"],
         CODE["distill"],
     output:
         P["synthetic"],
@@ -222,6 +248,7 @@ rule visualize:
         P["synthetic"],
         P["loss_csv"],
         P["val_curve"],
+        P["prepared"],
         P["state"],
         CODE["visualize"],
     output:

@@ -10,7 +10,7 @@ Public API::
 
 Submodules: ``data``, ``imaging``, ``preprocess``, ``augment``, ``networks``, ``losses``,
 ``distill``, ``formation`` (multi-formation), ``speed`` (what ``"auto"`` settings resolve to),
-``training``, ``evaluate``, ``batched``, ``io``. The library takes devices, dtypes and hyperparameters as arguments; it
+``training``, ``evaluate``, ``batched``, ``io``, ``pool`` (trained encoders to distil inside: ATOM+). The library takes devices, dtypes and hyperparameters as arguments; it
 reads no configuration files.
 """
 from .augment import DSA, DSAParams
@@ -19,8 +19,9 @@ from .distill import DistillResult, distill
 from .evaluate import baseline_set, evaluate, train_evaluate
 from .losses import LossConfig, MatchingLoss, channel_attention, spatial_attention
 from .networks import ConvNet
+from .pool import EncoderPool, train_pool
 
 __version__ = "0.1.0"
 __all__ = ["distill", "evaluate", "train_evaluate", "baseline_set", "load_digits", "ImageDataset",
            "DSA", "DSAParams", "ConvNet", "LossConfig", "MatchingLoss", "spatial_attention",
-           "channel_attention", "DistillResult"]
+           "channel_attention", "DistillResult", "EncoderPool", "train_pool"]

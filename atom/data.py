@@ -125,9 +125,17 @@ def _check_name(name: str, options: dict) -> DatasetSpec:
     return spec
 
 
-def download(name: str, raw_dir: str | Path, **options) -> Path:
-    """Fetch ``name`` into ``raw_dir`` (no network when its files are already there)."""
-    return _check_name(name, options).download(Path(raw_dir), **options)
+def download(name: str, raw_dir: str | Path, *, check_counts: Callable[[dict[str, int]], None] | None = None,
+             **options) -> Path:
+    """Fetch ``name`` into ``raw_dir`` (no network when its files are already there).
+
+    ``check_counts`` (imagefolder): called with ``{class: training images}`` (after the test
+    split that loading makes) once the files are listed and before they are kept; an exception
+    it raises leaves ``raw_dir`` as it was. The other datasets have fixed sizes, and ignore it."""
+    spec = _check_name(name, options)
+    if check_counts is not None and name == "imagefolder":
+        return spec.download(Path(raw_dir), check_counts=check_counts, **options)
+    return spec.download(Path(raw_dir), **options)
 
 
 def load(name: str, raw_dir: str | Path, **options) -> ImageDataset:
@@ -347,8 +355,19 @@ _IMAGEFOLDER_OPTIONS = {"source": None, "sha256": None, "mode": "auto", "resize"
                         "test_fraction": 0.2, "seed": 0, "workers": 2}
 
 
+def _train_counts(lay: dict, test_fraction: float) -> dict[str, int]:
+    """{class: training images} of an :func:`imagefolder_layout`, after the split that
+    :func:`_imagefolder_load` makes of a single tree (``round(n * test_fraction)`` to test)."""
+    counts = [0] * len(lay["classes"])
+    for k in lay["train"][1]:
+        counts[k] += 1
+    if lay["test"] is None:
+        counts = [n - int(round(n * float(test_fraction))) for n in counts]
+    return dict(zip(lay["classes"], counts))
+
+
 def _imagefolder_download(raw_dir: Path, *, source: str | None = None, sha256: str | None = None,
-                          **_load_options) -> Path:
+                          check_counts: Callable[[dict[str, int]], None] | None = None, **load_options) -> Path:
     if source is None:
         raise ValueError("options.source: required for 'imagefolder' (a folder or a .tar.gz/.tar.xz/.zip "
                          "archive in ImageFolder layout)")
@@ -356,14 +375,18 @@ def _imagefolder_download(raw_dir: Path, *, source: str | None = None, sha256: s
     if not src.exists():
         raise FileNotFoundError(f"{src}: options.source not found")
     dest = raw_dir / "images"
+    fraction = load_options.get("test_fraction", _IMAGEFOLDER_OPTIONS["test_fraction"])
 
     def validate(folder: Path) -> None:  # runs before the final rename: a bad tree never lands
-        imagefolder_layout(folder)
+        lay = imagefolder_layout(folder)
+        if check_counts is not None:
+            check_counts(_train_counts(lay, fraction))
 
     if src.is_dir():
         if sha256 is not None:
             raise ValueError(f"options.sha256: applies to an archive, but {src} is a folder")
-        return safe_copytree(src, dest, prepare=validate)
+        validate(src)  # a folder is read where it is: a bad one is refused before anything is copied
+        return safe_copytree(src, dest, prepare=imagefolder_layout)
     if not is_archive(src):
         raise ValueError(f"{src}: options.source must be a folder or a .tar.gz/.tar.xz/.zip archive")
     if sha256 is not None:

@@ -41,6 +41,7 @@ from .formation import check_factor, decode, encode
 from .io import load_tensors, save_tensors
 from .losses import LossConfig, MatchingLoss
 from .networks import ConvNet, init_weights
+from .pool import ENCODERS, EncoderPool
 from .runtime import tune_allocator
 from .selection import RULES as SELECTION_RULES, selected_set
 from .sets import check_dataset, random_subset, resolve_device
@@ -49,7 +50,7 @@ from .validation import BestSnapshot
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "random_subset", "resolve_device", "check_dataset",
            "CheckpointMismatchError", "DistillStep", "RealSampler", "INITS", "LR_SCHEDULES", "learning_rate",
-           "pixel_range"]
+           "pixel_range", "ENCODERS"]
 
 INITS = ("real", "noise") + tuple(r for r in SELECTION_RULES if r != "random")  # real = random real subset
 LR_SCHEDULES = ("step", "cosine")
@@ -101,6 +102,14 @@ class DistillConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune
     bf16: bool | str = "auto"
     winograd: bool | str = "auto"  # CPU: the real branch's 3x3 convolutions as NNPACK Winograd
+    # where an iteration's network comes from (atom.pool): "random" (the paper's: a fresh
+    # random init), "pool" (a pool member's init and trained weights interpolated with
+    # lam ~ U(encoder_lambda), DANCE/NCFM's) or "trained" (a pool member's trained weights)
+    encoder: str = "random"
+    encoder_lambda: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # weight of the calibration term: cross-entropy of the (augmented) synthetic images under
+    # the drawn pool member's trained weights (0: off; needs a pool)
+    calibration: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.ipc, int) or self.ipc < 1:
@@ -125,6 +134,17 @@ class DistillConfig:
         unknown = set(self.init_options) - {"encoder_epochs", "encoder_per_class"}
         if unknown:
             raise ValueError(f"init_options: unknown keys {sorted(unknown)}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder: must be one of {ENCODERS}, got {self.encoder!r}")
+        lam = self.encoder_lambda
+        if (not isinstance(lam, (list, tuple)) or len(lam) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lam)
+                or not 0 <= lam[0] <= lam[1] <= 1):
+            raise ValueError(f"encoder_lambda: must be [lo, hi] with 0 <= lo <= hi <= 1, got {lam!r}")
+        self.encoder_lambda = [float(v) for v in lam]
+        if isinstance(self.calibration, bool) or not isinstance(self.calibration, (int, float)) \
+                or not self.calibration >= 0:
+            raise ValueError(f"calibration: must be a number >= 0, got {self.calibration!r}")
         if self.lr_img is None:
             self.lr_img = 1.0 if self.ipc <= 50 else 10.0
         if not self.lr_img > 0:
@@ -175,7 +195,7 @@ class CheckpointMismatchError(ValueError):
 # Keys that must agree between a checkpoint and the run resuming from it.
 _RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_schedule", "lr_milestones",
                 "lr_gamma", "clamp", "init", "init_options", "seed", "net", "loss", "dsa", "dsa_params",
-                "validate_every", "factor")
+                "validate_every", "factor", "encoder", "encoder_lambda", "calibration")
 
 
 def learning_rate(cfg: DistillConfig, it: int) -> float:
@@ -253,7 +273,7 @@ class DistillStep:
     """
 
     def __init__(self, cfg: DistillConfig, images: Tensor, labels: Tensor, num_classes: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, pool: EncoderPool | None = None):
         self.cfg, self.k, self.device = cfg, num_classes, torch.device(device)
         self.settings = resolve_distill({key: getattr(cfg, key) for key in DISTILL_SETTINGS}, self.device,
                                         tuple(images.shape[1:]), cfg.iterations)
@@ -267,6 +287,11 @@ class DistillStep:
         self.net.cpu_kernels, self.net.winograd = True, st["winograd"]
         if st["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.pool = pool
+        self.expert = None  # the calibration term's network: a pool member's trained weights
+        if cfg.calibration > 0:
+            self.expert = ConvNet(c, num_classes, h, **cfg.net).to(device, dtype).eval()
+            self.expert.requires_grad_(False)
         self.loss = MatchingLoss(cfg.loss_config, num_classes, nonnegative=cfg.net.get("act", "relu") == "relu")
         self.dsa = DSA(cfg.dsa_config) if cfg.dsa else None
         self.autocast = st["bf16"]
@@ -339,7 +364,15 @@ class DistillStep:
     def __call__(self, syn: Tensor, syn_labels: Tensor, g: torch.Generator) -> Tensor:
         """Draw net, real batch and augmentation from ``g`` (on its device); return the loss
         (graph to ``syn``). ``syn_labels`` live on the CPU."""
-        init_weights(self.net, g)
+        if self.cfg.encoder == "random":
+            init_weights(self.net, g)
+            member = None
+        else:
+            member = self.pool.load(self.net, g, self.cfg.encoder, self.cfg.encoder_lambda)
+        if self.expert is not None:
+            if member is None:  # random encoders: the expert is a member drawn on its own
+                member = int(torch.randint(len(self.pool), (1,), generator=g, device=g.device))
+            self.pool.load_trained(self.expert, member)
         real, real_labels = self.sample_real(g)
         draw = self.dsa.sample(self.k, g) if self.dsa else None
         with torch.inference_mode():
@@ -351,14 +384,30 @@ class DistillStep:
         # the synthetic branch in chunks too: the graph keeps the same activations, but each
         # is a small allocation the heap reuses (at IPC 50 one 500-image forward was slower
         # than the reference's per-class forwards: every 260 MB activation was page-faulted)
-        return self.loss.compare(stats_real, self._class_means(syn, syn_labels, self._syn_sums, draw))
+        loss = self.loss.compare(stats_real, self._class_means(syn, syn_labels, self._syn_sums, draw))
+        if self.expert is not None:
+            loss = loss + self.cfg.calibration * self.calibration(syn, syn_labels, draw)
+        return loss
+
+    def calibration(self, syn: Tensor, syn_labels: Tensor, draw) -> Tensor:
+        """Cross-entropy of the synthetic images (augmented with the iteration's draw) under the
+        expert's trained weights: pulls each image towards what a trained network reads as its
+        class (NCFM/DANCE's calibration)."""
+        y_dev, _ = self._on_device(syn_labels)
+        if draw is not None:
+            slots = y_dev if draw.family.device.type != "cpu" else syn_labels
+            syn = self.dsa.apply(syn, draw, slots)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.expert(self._prepare(syn))
+        return torch.nn.functional.cross_entropy(logits.float(), y_dev)
 
 
 def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
             device: str | torch.device = "auto", dtype: torch.dtype = torch.float32,
             checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
             callback: Callable[[int, Tensor], None] | None = None,
-            validator: Callable[[Tensor, Tensor], float] | None = None, **config) -> DistillResult:
+            validator: Callable[[Tensor, Tensor], float] | None = None, pool: EncoderPool | None = None,
+            **config) -> DistillResult:
     """Distil ``images`` (N, C, H, W) with integer ``labels`` into ``ipc`` images per class.
 
     ``config`` takes any :class:`DistillConfig` field (iterations, batch_real, lr_img, seed,
@@ -368,10 +417,19 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     ``validator(images, labels) -> score`` (higher is better) is called on the initial set and
     every ``validate_every`` iterations and at the end; the result then carries the best set
     (:class:`atom.validation.BestSnapshot`). Pass only training images here: the validator
-    holds the validation split, and distillation never sees it.
+    holds the validation split, and distillation never sees it. ``pool``
+    (:class:`atom.pool.EncoderPool`, trained on the same training images) is needed by
+    ``encoder="pool"``/``"trained"`` and by ``calibration > 0``.
     """
     cfg = DistillConfig(ipc=ipc, method=method, **config)
     k = check_dataset(images, labels, num_classes)
+    uses_pool = cfg.encoder != "random" or cfg.calibration > 0
+    if uses_pool:
+        if pool is None or not len(pool):
+            raise ValueError(f"pool: encoder={cfg.encoder!r}, calibration={cfg.calibration!r} need a trained pool "
+                             f"(atom.train_pool / the pool stage with pool.models >= 1)")
+        pool.check_compatible(cfg.net, images.shape[1], k, images.shape[2])
+    fingerprint = pool.fingerprint if uses_pool else None
     check_factor(cfg.factor, images.shape[2], images.shape[3])
     f2 = cfg.factor * cfg.factor  # real images per stored image (multi-formation)
     counts = torch.bincount(labels, minlength=k)
@@ -423,14 +481,17 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
             gd.set_state(state["device_generator"])
         elif "device_generator" in state:
             raise CheckpointMismatchError(f"{ckpt}: checkpoint was made on an accelerator, this run is on the CPU")
+        if state.get("pool") != fingerprint:
+            raise CheckpointMismatchError(f"{ckpt}: checkpoint was made with pool {state.get('pool')!r}, this run "
+                                          f"has pool {fingerprint!r}")
         start, losses = int(state["iteration"]), list(map(float, state["losses"]))
         if "best" in state:
             best = BestSnapshot.from_state(state["best"])
         log.info("resumed from %s at iteration %d", ckpt, start)
 
-    step = DistillStep(cfg, images, labels, k, dev, dtype)
+    step = DistillStep(cfg, images, labels, k, dev, dtype, pool=pool if uses_pool else None)
     log.info("speed settings on %s: %s", dev, ", ".join(f"{key}={v}" for key, v in step.settings.items()))
-    config = dict(cfg.to_dict(), resolved=dict(step.settings))
+    config = dict(cfg.to_dict(), resolved=dict(step.settings), pool=fingerprint)
     pending: list[Tensor] = []
 
     def flush():
@@ -444,6 +505,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
                       "generator": g.get_state(), "iteration": iteration,
                       **({} if gd is g else {"device_generator": gd.get_state()}),
                       "losses": torch.tensor(losses, dtype=torch.float64), "best": best.state_dict(),
+                      "pool": fingerprint,
                       "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
 
     def validate(iteration: int):

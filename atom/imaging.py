@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Sequence
 
@@ -77,6 +78,16 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _worker_init() -> None:
+    # a forked worker inherits its parent's Python signal handlers; a pipeline's raise on
+    # SIGTERM, and one raised while the worker waits on the pool's queue lock (which the
+    # parent holds while it winds the pool down) was seen to leave it waiting for ever
+    # and the decode hung after its last image. Workers die on SIGTERM at once and leave
+    # Ctrl-C to the parent, which stops them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def decode_raw(paths: list[str], mode: str, size: tuple[int, int] | None, resize: bool,
                 workers: int) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
@@ -102,10 +113,14 @@ def decode_raw(paths: list[str], mode: str, size: tuple[int, int] | None, resize
     bar = tqdm(total=len(paths), desc="decode images", unit="img", disable=len(tasks) < 2, dynamic_ncols=True)
     with bar:
         if workers > 1 and len(tasks) > 1:
-            with _pool_context().Pool(min(workers, len(tasks))) as pool:
+            with _pool_context().Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 for i, (arr, g) in zip(starts, pool.imap(_decode_chunk, tasks)):
                     raw[i:i + len(arr)], gray[i:i + len(arr)] = arr, g
                     bar.update(len(arr))
+                # let the workers exit on the pool's sentinel; the with block's terminate()
+                # then only signals a worker when an error left the loop early
+                pool.close()
+                pool.join()
         else:
             for i, task in zip(starts, tasks):
                 arr, g = _decode_chunk(task)

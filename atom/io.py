@@ -6,12 +6,19 @@ in the target folder, fsynced, then renamed over the target (``os.replace`` is a
 POSIX) and the folder fsynced, so a crash or power loss leaves the old file or the new one.
 Files get the mode a plain ``open`` would give (``0o666`` minus the process umask), not
 ``mkstemp``'s private ``0o600``, so teammates sharing a machine can read the results.
+
+:func:`load_tensors` never runs pickled code: a file that holds more than plain tensors is an
+:class:`UntrustedFileError`, a corrupt one an :class:`UnreadableFileError`; both carry the
+file's path. A write the file system refuses (disk full, read-only) is an ``OSError`` naming
+the file, whatever library wrote it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +26,22 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "save_tensors", "load_tensors", "write_json", "write_text", "sha256", "digest",
-           "umask", "fsync_path", "temp_dir"]
+__all__ = ["atomic_path", "save_tensors", "load_tensors", "UnreadableFileError", "UntrustedFileError", "write_json",
+           "write_text", "sha256", "digest", "umask", "fsync_path", "temp_dir"]
+
+
+class UnreadableFileError(ValueError):
+    """A file cannot be loaded as a tensor file (corrupt, truncated, another format); ``path``
+    names it."""
+
+    def __init__(self, path: str | os.PathLike, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = Path(path)
+
+
+class UntrustedFileError(UnreadableFileError):
+    """A file was refused for safety: it holds pickled objects other than plain tensors, which
+    could run code when loaded."""
 
 
 def umask() -> int:
@@ -134,21 +155,41 @@ def save_tensors(obj: Any, path: str | os.PathLike) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = json.dumps(_pack(obj, "", tensors), sort_keys=True, separators=(",", ":"))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_META: skeleton})
+        try:
+            save_file(tensors, str(tmp), metadata={_META: skeleton})
+        except Exception as exc:  # safetensors' own error type: an OSError with its errno, like every other write
+            code = re.search(r"\(os error (\d+)\)|Os \{ code: (\d+)", str(exc))
+            if code is None:
+                raise
+            num = int(code.group(1) or code.group(2))
+            raise OSError(num, os.strerror(num), str(path)) from None
     return Path(path)
 
 
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a file written by :func:`save_tensors` without executing pickled code (older
-    ``torch.save`` files are read with ``torch.load(weights_only=True)``)."""
+    ``torch.save`` files are read with ``torch.load(weights_only=True)``). Raises
+    :class:`UntrustedFileError` for a file holding other pickled objects, :class:`UnreadableFileError`
+    for a corrupt one (both ``ValueError``s naming the file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
         magic = f.read(4)
-    try:
-        if magic == b"PK\x03\x04":  # a torch.save zip archive
+    if magic == b"PK\x03\x04" or magic[:1] == b"\x80":  # a torch.save zip archive, or a bare pickle
+        try:
             return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch's message suggests weights_only=False, which would run the file's code: say
+            # only what it holds (`from None`: not even a traceback passes that advice on)
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f"a reference to {found.group(1)}" if found else "pickled objects other than plain tensors"
+            raise UntrustedFileError(path, f"refused for safety: it holds {what}, which could run code if "
+                                           "loaded; this project writes tensors without pickle (safetensors), "
+                                           "so this file is not one of its own or was tampered with") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt or truncated
+            raise UnreadableFileError(path, f"cannot be loaded as a tensor file ({type(exc).__name__})") from None
+    try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
@@ -158,7 +199,7 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
             tensors = {name: f.get_tensor(name) for name in f.keys()}
         return _unpack(json.loads(meta[_META]), tensors)
     except Exception as exc:  # corrupt, truncated, or not a tensor file
-        raise ValueError(f"{path}: cannot be loaded as a tensor file ({exc})") from exc
+        raise UnreadableFileError(path, f"cannot be loaded as a tensor file ({exc})") from exc
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:

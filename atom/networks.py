@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ConvNet", "AlexNet", "VGG11", "ResNet18", "ARCHITECTURES", "init_weights", "build_network",
-           "ACTIVATIONS", "NORMS", "POOLS"]
+           "single_pixel_norms", "ACTIVATIONS", "NORMS", "POOLS"]
 
 ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
@@ -273,3 +273,25 @@ def build_network(channels: int, num_classes: int, im_size: int, *, arch: str = 
         config = {"norm": config["norm"]} if "norm" in config else {}
     net = ARCHITECTURES[arch](channels, num_classes, im_size, **config)
     return init_weights(net, generator)
+
+
+@torch.no_grad()
+def single_pixel_norms(channels: int, num_classes: int, im_size: int, *, arch: str = "convnet", **config) -> int:
+    """How many per-channel normalisations (instance norm: one group per channel) of the network
+    see a 1x1 map on ``im_size`` inputs. Such a layer normalises one value per channel to zero,
+    so everything after it sees a constant: the network cannot learn and scores chance
+    (VGG-11 below 32x32 inputs, ResNet-18 below 16x16, e.g. on 8x8 digits)."""
+    net = build_network(channels, num_classes, im_size, arch=arch, **config)
+    seen: list[int] = []
+
+    def hook(module, args, _out):
+        seen.append(int(args[0][0, 0].numel()))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels]
+    try:
+        net.eval()(torch.zeros(2, channels, im_size, im_size))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(1 for n in seen if n == 1)

@@ -6,6 +6,8 @@ then quantised to 8 bits::
 
     from atom import viz
     viz.save_grid(res.images, res.labels, state, "grid.png", classes=d.classes)  # a row per class
+    viz.plot_class_grid(images, labels, state, "grid.png", classes=d.classes,  # labelled, real beside
+                        real=(d.train_images, d.train_labels), title="ATOM, IPC 10")
     viz.export_imagefolder(res.images, res.labels, state, "out/", classes=d.classes)  # <class>/<n>.png
     viz.plot_loss(res.losses, "loss.png")
     viz.plot_accuracy(rows, "accuracy.png")   # rows: method, ipc, mean, std
@@ -26,7 +28,7 @@ from torch import Tensor
 from .io import atomic_path, temp_dir
 from .preprocess import inverse
 
-__all__ = ["to_pixels", "class_grid", "save_grid", "export_imagefolder", "plot_loss", "plot_accuracy",
+__all__ = ["to_pixels", "class_grid", "save_grid", "plot_class_grid", "first_per_class", "export_imagefolder", "plot_loss", "plot_accuracy",
            "plot_proxy_scatter", "safe_name"]
 
 
@@ -85,6 +87,85 @@ def save_grid(images: Tensor, labels: Tensor, state: dict | None, path: str | os
     grid = class_grid(images, labels, state, num_classes=num_classes, max_per_class=max_per_class)
     with atomic_path(path) as tmp:
         _to_pil(grid, scale).save(tmp, format="PNG")
+    return Path(path)
+
+
+def first_per_class(labels: Tensor, num_classes: int, n: int) -> Tensor:
+    """Indices of the first ``n`` images of every class, class by class (a fixed, seed-free
+    choice: the same data always shows the same real images)."""
+    labels = labels.cpu().long()
+    return torch.cat([(labels == c).nonzero().squeeze(1)[:n] for c in range(num_classes)])
+
+
+def plot_class_grid(images: Tensor, labels: Tensor, state: dict | None, path: str | os.PathLike, *,
+                    classes: Sequence[str] | None = None, real: tuple[Tensor, Tensor] | None = None,
+                    max_per_class: int = 10, title: str = "", subtitle: str = "", min_cell: int = 48,
+                    dpi: int = 120) -> Path:
+    """A labelled picture of a set: one row per class, named at its left; with ``real``
+    (images, labels in the same preprocessing) as many real images of each class on the left
+    as distilled ones shown on the right, so the two read side by side. Images are upscaled
+    (nearest neighbour) to at least ``min_cell`` pixels, so an 8x8 digit stays legible.
+    ``images`` are what a network trains on: pass decoded multi-formation tiles
+    (:func:`atom.formation.training_set`), not the stored mosaics."""
+    _check(images, labels)
+    if max_per_class < 1:
+        raise ValueError(f"max_per_class: must be >= 1, got {max_per_class}")
+    if min_cell < 1:
+        raise ValueError(f"min_cell: must be >= 1, got {min_cell}")
+    x, labels = to_pixels(images, state), labels.cpu().long()
+    k = len(classes) if classes is not None else int(labels.max()) + 1
+    names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(k)]
+    c, h, w = x.shape[1:]
+    cols = min(max_per_class, max(int((labels == i).sum()) for i in range(k)) or 1)
+    blocks = [("distilled", x, labels)]
+    if real is not None:
+        ri, rl = real
+        _check(ri, rl)
+        if tuple(ri.shape[1:]) != (c, h, w):
+            raise ValueError(f"real: images of shape {tuple(ri.shape[1:])}, the set's are {(c, h, w)}")
+        pick = first_per_class(rl, k, cols)
+        blocks.insert(0, ("real", to_pixels(ri[pick], state), rl.cpu().long()[pick]))
+    scale = max(1, -(-min_cell // h))
+    pad, gap = max(1, h // 16), max(4, h // 2)
+    grid_w = cols * (w + pad) + pad
+    # a block is at least an inch wide, so its heading fits above a single column (IPC 1)
+    block_w = max(grid_w, -(-dpi // scale))
+    width = len(blocks) * block_w + (len(blocks) - 1) * gap
+    height = k * (h + pad) + pad
+    canvas = torch.ones(c, height, width)
+    for b, (_, xb, lb) in enumerate(blocks):
+        x0b = b * (block_w + gap) + (block_w - grid_w) // 2
+        for row in range(k):
+            for col, idx in enumerate((lb == row).nonzero().squeeze(1)[:cols].tolist()):
+                y0, x0 = pad + row * (h + pad), x0b + pad + col * (w + pad)
+                canvas[:, y0:y0 + h, x0:x0 + w] = xb[idx]
+    plt = _figure()
+    img_w, img_h = width * scale / dpi, height * scale / dpi
+    label_in = 0.09 * max(len(n) for n in names) + 0.2
+    head_in = 0.3 + 0.22 * bool(title) + 0.2 * bool(subtitle)
+    fig_w = max(img_w + label_in + 0.15, 3.6 if subtitle or title else 0.0)
+    fig_h = img_h + head_in + 0.05
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    left = label_in + (fig_w - img_w - label_in - 0.15) / 2
+    ax = fig.add_axes((left / fig_w, 0.05 / fig_h, img_w / fig_w, img_h / fig_h))
+    arr = canvas.permute(1, 2, 0).numpy()
+    if c == 1:
+        ax.imshow(arr[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(arr, interpolation="nearest")
+    ax.set_axis_off()
+    for row, name in enumerate(names):
+        ax.text(-pad, pad + row * (h + pad) + h / 2, name, ha="right", va="center", fontsize=9)
+    for b, (head, _, _) in enumerate(blocks):
+        ax.text(b * (block_w + gap) + block_w / 2, -pad, head, ha="center", va="bottom", fontsize=9)
+    if title:
+        fig.text(0.5, 1 - 0.06 / fig_h, title, ha="center", va="top", fontsize=11)
+    if subtitle:
+        fig.text(0.5, 1 - (0.08 + 0.22 * bool(title)) / fig_h, subtitle, ha="center", va="top", fontsize=8,
+                 color="0.3")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
     return Path(path)
 
 

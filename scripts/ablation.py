@@ -35,6 +35,7 @@ from atom.distill import distill  # noqa: E402
 from atom.evaluate import baseline_set, evaluate  # noqa: E402
 from atom.io import load_tensors, save_tensors, write_json  # noqa: E402
 from atom.formation import decode  # noqa: E402
+from atom.pool import EncoderPool  # noqa: E402
 from atom.selection import rule_of, selected_set  # noqa: E402
 from atom.validation import carve, make_validator  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
@@ -60,7 +61,7 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
 
 
 def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu", crosscheck: bool = False,
-             save: str | None = None) -> dict:
+             save: str | None = None, pool=None) -> dict:
     """Distil (or select) on the training part of ``data`` with ``recipe``, keep the
     validation-selected set, evaluate it on the test set; return the record.
 
@@ -69,7 +70,9 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
     validation scorer's networks on the test set. Together with the validation curve and the
     test result this separates what the split does from what the evaluator does when the two
     rank sets differently; nothing is chosen with it. ``save`` writes the kept (decoded) set
-    as ``{"images", "labels"}`` tensors."""
+    as ``{"images", "labels"}`` tensors. ``pool``: the :class:`atom.pool.EncoderPool` that
+    ``distill.encoder`` pool/trained and ``distill.calibration`` read (trained on the same
+    training part: the pool stage carves the same validation split)."""
     x, y = data["train_images"], data["train_labels"]
     k = len(data["classes"])
     val = recipe["validation"]
@@ -85,6 +88,8 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
 
     t0 = time.perf_counter()
     out = {"method": method, "ipc": ipc, "recipe": recipe, "threads": torch.get_num_threads(), "device": device}
+    if pool is not None and (dcfg.get("encoder", "random") != "random" or dcfg.get("calibration", 0) > 0):
+        out["pool"] = {"fingerprint": pool.fingerprint, "members": len(pool), **pool.meta}
     if method in ("random", "selected"):
         if method == "random":
             syn_x, syn_y = baseline_set("random", xt, yt, ipc=ipc, seed=seed, num_classes=k)
@@ -96,7 +101,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
         out["best_iteration"] = 0
     else:
         res = distill(xt, yt, ipc=ipc, method=method, num_classes=k, device=device, progress=False, seed=seed,
-                      validator=validator, **dcfg)
+                      validator=validator, pool=pool, **dcfg)
         syn_x, syn_y = res.training_set()  # decoded when distill.factor > 1
         out.update(val_curve=res.val_curve, best_iteration=res.best_iteration, losses=res.losses,
                    distill_seconds=res.seconds, speed=res.config.get("resolved"))
@@ -143,6 +148,8 @@ def main(argv=None) -> None:
     ap.add_argument("--crosscheck", action="store_true",
                     help="also score the kept set with the evaluation's networks on the validation split and with "
                          "the validation scorer's networks on the test set (reported, never used to choose)")
+    ap.add_argument("--pool", metavar="PATH", help="the pool stage's pool.pt (for distill.encoder pool/trained "
+                                                   "and distill.calibration > 0)")
     ap.add_argument("--save", metavar="PATH", help="write the kept (decoded) set here ({images, labels} tensors)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -154,7 +161,7 @@ def main(argv=None) -> None:
     prepared = a.prepared or path(params, "prepared", dataset=a.dataset)
     out = {"name": a.name, "dataset": a.dataset, "protocol": a.protocol, "overrides": a.set,
            **run_cell(load_tensors(prepared), recipe, a.method, a.ipc, device=a.device, crosscheck=a.crosscheck,
-                      save=a.save)}
+                      save=a.save, pool=EncoderPool.load_file(a.pool) if a.pool else None)}
     dest = Path(a.out) / f"{a.method}-ipc{a.ipc}-{a.name}.json"
     write_json(out, dest)
     print(json.dumps({k: out[k] for k in ("name", "method", "ipc", "best_iteration", "mean", "std", "n", "seconds")}

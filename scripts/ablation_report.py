@@ -121,9 +121,29 @@ def recipe_key(cell: dict, *drop: str) -> str:
     if recipe is None:
         return json.dumps([o for o in seedless(cell["overrides"])
                            if not any(o.startswith(f"distill.{k}.") or o.startswith(f"distill.{k}=") for k in drop)])
+    d = recipe.get("distill", {})
+    for k, default in ENCODER_DEFAULTS.items():  # cells from before the encoder keys read as random
+        if d.get(k, default) == default:
+            d.pop(k, None)
     for k in ("seed", *drop):
-        recipe.get("distill", {}).pop(k, None)
+        d.pop(k, None)
     return json.dumps(recipe, sort_keys=True)
+
+
+# where the features come from (atom.pool); the paper's random encoders are the defaults
+ENCODER_DEFAULTS = {"encoder": "random", "encoder_lambda": [0.0, 1.0], "calibration": 0.0}
+ENCODER_KEYS = tuple(ENCODER_DEFAULTS)
+
+
+def uses_pool(cell: dict) -> bool:
+    d = (cell.get("recipe") or {}).get("distill", {})
+    return d.get("encoder", "random") != "random" or d.get("calibration", 0.0) > 0
+
+
+def encoder_of(cell: dict) -> str:
+    """The cell's encoder settings (defaults filled in), comparable between cells."""
+    d = (cell.get("recipe") or {}).get("distill", {})
+    return json.dumps({k: d.get(k, v) for k, v in ENCODER_DEFAULTS.items()}, sort_keys=True)
 
 
 def by_seed(group: list[dict]) -> dict[str, dict]:
@@ -170,10 +190,12 @@ ORDER = ("atom", "datadam", "dm")  # the paper's ranking: a comparison reads "fi
 def paired(cells: list[dict], level: float = 0.95) -> str:
     """Method against method, paired by distillation seed: at one seed every method starts
     from the same set, so the per-seed difference of test means removes what the start does
-    to both. One row per two recipes of different methods that
-    differ only in the loss (``distill.loss``, each method's own) and share two or more
-    distillation seeds: the differences, their mean ± sample std (n seeds) and a two-sided
-    t-interval, which says how large a gap the seeds can rule out."""
+    to both. One row per two recipes that differ only in the loss (``distill.loss``, each
+    method's own) and in where the features come from (``distill.encoder``,
+    ``encoder_lambda``, ``calibration``: the same method with and without a trained pool, or
+    with and without calibration, compares too, the pool's and the calibrated recipe first) and share two or more distillation seeds: the
+    differences, their mean ± sample std (n seeds) and a two-sided t-interval, which says how
+    large a gap the seeds can rule out."""
     from scipy.stats import t
 
     usual = usual_protocol(cells)
@@ -182,17 +204,27 @@ def paired(cells: list[dict], level: float = 0.95) -> str:
         return f"{c['method']} ({label(c, usual, seedless(c['overrides']))})"
 
     rank = {m: i for i, m in enumerate(ORDER)}
+
+    def first(group: dict) -> dict:
+        return next(iter(group.values()))
+
+    def calibration(c: dict) -> float:
+        return float((c.get("recipe") or {}).get("distill", {}).get("calibration", 0.0))
     # (IPC, method, recipe without its loss, cells by seed): two recipes compare when the first
     # three agree but the method; the loss-free key is made once per recipe, not once per pair
-    groups = [(ipc, method, recipe_key(next(iter(g.values())), "loss"), g)
+    groups = [(ipc, method, recipe_key(next(iter(g.values())), "loss", *ENCODER_KEYS), g)
               for (ipc, method, _), g in sorted(recipes(cells).items(),
-                                                key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(ORDER)), kv[0][1]))]
+                                                key=lambda kv: (kv[0][0], not uses_pool(first(kv[1])),
+                                                                rank.get(kv[0][1], len(ORDER)), kv[0][1],
+                                                                -calibration(first(kv[1]))))]
     out = [f"| IPC | first | second | distillation seed: first − second | mean ± std (n seeds) | "
            f"{level:.0%} t-interval |", "|---|---|---|---|---|---|"]
     for i, (ipc, ma, ka, a) in enumerate(groups):
         for ipc_b, mb, kb, b in groups[i + 1:]:
             common = sorted(set(a) & set(b), key=seed_order)
-            if ipc_b != ipc or mb == ma or kb != ka or len(common) < 2:
+            # the same method compares with itself only across encoder settings
+            same = mb == ma and encoder_of(first(a)) == encoder_of(first(b))
+            if ipc_b != ipc or same or kb != ka or len(common) < 2:
                 continue
             d = [a[s]["mean"] - b[s]["mean"] for s in common]
             m, sd = statistics.fmean(d), statistics.stdev(d)

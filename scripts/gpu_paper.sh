@@ -3,7 +3,7 @@
 #
 # make paper needs the pipeline's stages, MLflow and the dataset on disk; a lent machine has
 # none of them. This script stages what it needs, then runs scripts/paper.py one cell at a
-# time (a GPU gains nothing from sharing: docs/results.md section 4), in the order of CELLS,
+# time (a GPU gains nothing from sharing: docs/history/notebook.md section 4), in the order of CELLS,
 # so that whatever finishes before the time is up is kept:
 #   1. download + zca of cifar10-jpeg from the carried archive (a params copy in a temp dir:
 #      the archive's path, MLflow off, 8 decode workers; nothing else changes);

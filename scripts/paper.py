@@ -20,7 +20,7 @@ budget, say); the table names every override. ``--jobs N`` runs N cells at once,
 own process with its log in ``<out>/logs/``; a cell that fails is reported with its log and
 marked in the table, the others go on. It is meant for a many-core CPU host (not measured);
 on one GPU it does not pay: on an H100, five CIFAR-10 IPC 10 cells sharing the card distilled at 87 ms per
-iteration against 31 ms alone, the same throughput as one after another (docs/results.md).
+iteration against 31 ms alone, the same throughput as one after another (docs/history/notebook.md).
 ``--report-only`` writes the table from the cells already in ``--out``.
 """
 from __future__ import annotations

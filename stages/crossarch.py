@@ -6,8 +6,11 @@ Every method's distilled set at ``--ipc`` and the random real subset of the same
 random baseline's draw: ``runtime.seed``, from the training part of the ``validation`` split)
 are each trained on every architecture of ``crossarch.archs`` with the evaluate section's
 protocol (``crossarch.epochs``, ``crossarch.seeds``; ConvNet takes ``evaluate.net``, the
-others its ``norm``) and scored on the test set. Writes ``<paths.results>/crossarch/<dataset>/
-ipc<k>/metrics.json``: per set and architecture, every per-seed accuracy, mean, std, n.
+others its ``norm``) and scored on the test set. An architecture whose instance norms would
+see a 1x1 map on this data's image size (VGG-11 and ResNet-18 on 8x8 digits) cannot learn:
+it is left out, and ``skipped`` says why (the report prints the reason, never chance-level
+columns). Writes ``<paths.results>/crossarch/<dataset>/ipc<k>/metrics.json``: per set and
+architecture, every per-seed accuracy, mean, std, n.
 
 MLflow: one run per set with ``<arch>_mean`` / ``<arch>_std`` metrics.
 """
@@ -42,14 +45,29 @@ def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: in
     return out
 
 
+def usable_archs(archs: list[str], cfg: dict, shape, num_classes: int) -> tuple[list[str], dict[str, str]]:
+    """(the architectures that can learn on images of ``shape``, {left out: why})."""
+    from atom.networks import single_pixel_norms
+
+    c, size = int(shape[0]), int(shape[-1])
+    net = dict(cfg.get("net") or {})
+    keep, skipped = [], {}
+    for arch in archs:
+        n = single_pixel_norms(c, num_classes, size, arch=arch, **net)
+        if n:
+            skipped[arch] = (f"on {size}x{size} inputs {n} of its instance-norm layers see a 1x1 map, which "
+                             "normalises to a constant (chance accuracy); it needs larger images")
+        else:
+            keep.append(arch)
+    return keep, skipped
+
+
 def main(argv: list[str] | None = None) -> None:
     p = runtime.parser(__doc__.splitlines()[0], method=False)
     p.add_argument("--ipc", type=int, required=True, help="images per class of the sets (in crossarch.ipcs)")
     args = p.parse_args(argv)
     st = runtime.Stage("crossarch", args)
-    ca = st.params["crossarch"]
-    if st.ipc not in ca["ipcs"]:
-        raise ValueError(f"--ipc: {st.ipc} is not in crossarch.ipcs {ca['ipcs']}")
+    ca = st.params["crossarch"]  # st checked --ipc against crossarch.ipcs (stages.preflight.check)
     _, cfg, batched = evaluate_settings(st.params, st.dataset, "method")
     cfg.update(epochs=ca["epochs"], batched=batched)
     from atom.evaluate import evaluate
@@ -59,16 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     k = len(prep["classes"])
     device = st.resolved_device()
     sets = proxy_sets(st.params, st.dataset, prep, st.ipc, k)
+    archs, skipped = usable_archs(ca["archs"], cfg, prep["train_images"].shape[1:], k)
+    for arch, why in skipped.items():
+        st.log.warning("crossarch: %s left out: %s", arch, why)
     results = {}
     for name, (x, y) in sets.items():
         results[name] = {}
-        for arch in ca["archs"]:
+        for arch in archs:
             res = evaluate(x, y, prep["test_images"], prep["test_labels"], seeds=ca["seeds"], num_classes=k,
                            device=device, progress=False, **dict(cfg, arch=arch))
             results[name][arch] = {key: res[key] for key in ("mean", "std", "n", "per_seed", "seeds")}
             results[name][arch]["seconds"] = sum(r["seconds"] for r in res["runs"])
             st.log.info("%s ipc %d on %s: %.2f +- %.2f", name, st.ipc, arch, res["mean"], res["std"])
-    metrics = {"dataset": st.dataset, "ipc": st.ipc, "archs": list(ca["archs"]), "sets": list(sets),
+    metrics = {"dataset": st.dataset, "ipc": st.ipc, "archs": archs, "skipped": skipped, "sets": list(sets),
                "epochs": ca["epochs"], "seeds": list(ca["seeds"]), "device": device, "results": results}
     write_json(metrics, st.path("crossarch"))
 

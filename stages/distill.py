@@ -2,7 +2,8 @@
 
     python -m stages.distill --dataset digits --method atom --ipc 10
 
-Reads ``<paths.prepared>/<dataset>.pt`` and the ``distill`` section (merged with the dataset
+Reads ``<paths.prepared>/<dataset>.pt`` (and, when ``distill.encoder`` is not ``random`` or
+``distill.calibration`` > 0, the pool stage's ``<paths.results>/pool/<dataset>/pool.pt``) and the ``distill`` section (merged with the dataset
 group's overrides; the loss constants of ``distill.loss.<method>``; seed ``runtime.seed``;
 augmentation ``dsa``), calls ``atom.distill.distill`` and writes, under
 ``<paths.results>/distill/<dataset>/<method>/ipc<k>/``:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, **kwargs})
     from atom import viz
     from atom.distill import CheckpointMismatchError, distill
+    from atom.formation import decode
     from atom.io import load_tensors, save_tensors, write_json, write_text
     from atom.validation import carve, make_validator
 
@@ -88,10 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     stream = MetricStream(run, {LOSS_RECORD: lambda a: ("loss", a[2], a[0]),
                                 **{f: (lambda a: ("val_accuracy", a[1], a[0])) for f in VALIDATION_RECORDS}})
 
+    pool = None
+    if kwargs["encoder"] != "random" or kwargs["calibration"] > 0:  # the pool stage's trained encoders
+        from atom.pool import EncoderPool
+
+        pool = EncoderPool.load_file(st.path("pool"))
+        st.log.info("distilling inside the pool %s (%d members), encoder %s, calibration %s", st.path("pool"),
+                    len(pool), kwargs["encoder"], kwargs["calibration"])
+        run.log_params({"pool_fingerprint": pool.fingerprint})
+
     def attempt():
         with clock.attach(), stream.attach("atom.distill"):
             return distill(train_x, train_y, ipc=st.ipc, method=st.method, num_classes=k, device=device,
-                           checkpoint_path=ckpt, resume=True, progress=True, validator=validator, **kwargs)
+                           checkpoint_path=ckpt, resume=True, progress=True, validator=validator, pool=pool,
+                           **kwargs)
 
     try:
         res = attempt()
@@ -137,10 +149,13 @@ def main(argv: list[str] | None = None) -> None:
                      if metrics[k] is not None})
     if run.run_id:
         with tempfile.TemporaryDirectory() as tmp:
-            grid = viz.save_grid(res.best_images, res.labels, prep["state"], Path(tmp) / "grid.png",
-                                 num_classes=len(prep["classes"]),
-                                 max_per_class=st.params["visualize"]["max_per_class"],
-                                 scale=st.params["visualize"]["grid_scale"])
+            vz = st.params["visualize"]
+            grid = viz.plot_class_grid(*decode(res.best_images, res.labels, int(res.config.get("factor", 1))),
+                                       prep["state"], Path(tmp) / "grid.png", classes=prep["classes"],
+                                       real=(prep["train_images"], prep["train_labels"]),
+                                       max_per_class=vz["max_per_class"], min_cell=vz["grid_cell"],
+                                       title=f"{st.dataset}: {st.method}, IPC {st.ipc}",
+                                       subtitle=f"iteration {best_it} kept", dpi=vz["dpi"])
             run.log_artifact(grid)
         run.log_artifact(st.path("loss_csv"))
         if st.params["mlflow"]["log_synthetic"]:

@@ -6,6 +6,11 @@ Calls ``atom.data.download(loader, raw_dir, **options)`` with the dataset group'
 and ``options`` from params.yaml (for digits this exports scikit-learn's bundled copy, so the
 DAG is the same for every dataset), then writes ``<paths.results>/download/<dataset>.json``
 (numbers: files, bytes) and ``<dataset>.info.json`` (dataset, loader, path).
+
+An ImageFolder's class sizes are known only once its files are listed: they are checked
+against ``experiment.ipcs`` and ``validation.per_class`` then, before the files are kept
+(the same check and message as params.yaml's for the datasets whose sizes are fixed), and a
+failed download leaves no folder it created behind.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import sys
 import time
 
 from . import runtime
+from .params import ParamsError, class_size_problem
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,8 +32,20 @@ def main(argv: list[str] | None = None) -> None:
     from atom import data
     from atom.io import write_json
 
+    def check_counts(counts: dict[str, int]) -> None:
+        if (problem := class_size_problem(st.params, st.dataset, counts, f"{args.params} (class sizes of "
+                                          f"{ds['options'].get('source')})")):
+            raise ParamsError(problem)
+
+    created = [p for p in (raw, *raw.parents) if not p.exists()]
     t0 = time.perf_counter()
-    out = data.download(ds["loader"], raw, **ds["options"])
+    try:
+        out = data.download(ds["loader"], raw, check_counts=check_counts, **ds["options"])
+    except BaseException:
+        for p in created:  # deepest first: the empty folders this attempt made
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     seconds = time.perf_counter() - t0
     files = [p for p in raw.rglob("*") if p.is_file()]
     metrics = {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}  # numbers only, no timing

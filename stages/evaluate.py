@@ -29,6 +29,7 @@ from . import runtime
 from .layout import BASELINES, METHODS, eval_path
 from .params import evaluate_settings, section
 from .stream import MetricStream
+from .tracking import run_name
 
 # atom.evaluate's and atom.batched's log line per seed
 SEED_RECORDS = ("seed %d: accuracy %.2f%% (%.1fs)", "seed %d: accuracy %.2f%% (batched, %.1fs for all seeds)")
@@ -47,9 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     out = eval_path(st.params, st.dataset, st.method, st.ipc)
     st.remove_stale(out, eval_path(st.params, st.dataset, st.method, st.ipc, info=True))
     seeds, cfg, batched = evaluate_settings(st.params, st.dataset, st.method)
+    if st.method == "full":  # its own epochs and seeds: say so, a shortened `evaluate` does not shorten it
+        st.log.info("the whole-set baseline trains with evaluate.full: epochs %d, seeds %s (evaluate.epochs and "
+                    "evaluate.seeds apply to the other sets)", cfg["epochs"], seeds)
     parent = st.start_run(st.method, st.ipc)  # RUNNING from here on; FAILED if anything below raises
-    parent.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, "seeds": seeds,
-                       "batched": batched, **cfg})
+    parent.log_params({"dataset": st.dataset, "method": st.method, **({"ipc": st.ipc} if st.ipc is not None else {}),
+                       "seeds": seeds, "batched": batched, **cfg})
     from atom.evaluate import baseline_set, evaluate
     from atom.io import load_tensors, write_json
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     device = st.resolved_device()
     from atom.speed import resolve_batched
     batched = resolve_batched(batched, device)
-    st.log.info("evaluating %s/%s ipc %s: %d images, seeds %s, %s", st.dataset, st.method, st.ipc,
+    st.log.info("evaluating %s: %d images, seeds %s, %s", run_name(None, st.dataset, st.method, st.ipc),
                 train_x.shape[0], seeds, cfg)
     # each seed's accuracy as it finishes (atom.evaluate logs it): metric seed_accuracy, step = seed
     stream = MetricStream(parent, {f: (lambda a: ("seed_accuracy", a[1], a[0])) for f in SEED_RECORDS})
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parent.log_artifact(out)
     for r in runs:
         with st.tracker().run("evaluate", st.method, st.ipc, parent=parent,
-                              name=f"evaluate/{st.dataset}/{st.method}/ipc{st.ipc}/seed{r['seed']}",
+                              name=run_name("evaluate", st.dataset, st.method, st.ipc, f"seed{r['seed']}"),
                               extra_tags={"seed": str(r["seed"])}) as child:
             child.log_params({"seed": r["seed"]})
             child.log_metrics({k2: v for k2, v in r.items() if k2 != "seed"})

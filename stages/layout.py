@@ -5,6 +5,8 @@ One source for the facts the Snakefile, dvc.yaml and the stages share:
 - :data:`PATTERNS`: every file the pipeline writes, as patterns (:func:`pattern`, :func:`path`);
 - :func:`log_path` / :func:`benchmark_path`: each job's log and Snakemake benchmark file;
 - :func:`experiments` / :func:`evaluations`: the experiment matrix of params.yaml;
+- :func:`match`: which pattern a path is, and its wildcards; :func:`check_job`: whether a
+  job lies outside the matrix (the Snakefile refuses a target such as ``.../ipc7/...``);
 - :data:`METHODS` / :data:`BASELINES`: a torch-free copy of ``atom.losses.METHODS`` (a test
   checks that it, the Snakefile's wildcard constraint and the schema's enums agree);
 - :func:`code_deps`: the ``atom/`` and ``stages/`` files a stage imports, transitively (the
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
+import re
 from pathlib import Path
 
 __all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "PATTERNS", "STAGES", "pattern", "path", "experiments",
-           "evaluations", "eval_path", "nas_shards", "log_path", "benchmark_path", "imports", "code_deps"]
+           "evaluations", "eval_path", "nas_shards", "match", "check_job", "log_path", "benchmark_path", "imports",
+           "code_deps"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
@@ -37,6 +42,11 @@ PATTERNS = {
     "state": "{prepared}/{dataset}.state.pt",
     "zca_metrics": "{results}/zca/{dataset}.json",
     "zca_info": "{results}/zca/{dataset}.info.json",
+    # the pool of trained encoders (atom.pool), one per dataset; its resumable state per member
+    "pool": "{results}/pool/{dataset}/pool.pt",
+    "pool_metrics": "{results}/pool/{dataset}/metrics.json",
+    "pool_info": "{results}/pool/{dataset}/info.json",
+    "pool_state": "{state}/pool/{dataset}",
     "distill_dir": "{results}/distill/{dataset}/{method}/ipc{ipc}",
     "synthetic": "{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt",
     # resumable state: under paths.state, never a declared output (Snakemake and DVC delete
@@ -68,7 +78,7 @@ PATTERNS = {
 }
 
 # Snakemake rule / dvc.yaml stage -> the module it runs (`python -m stages.<module>`).
-STAGES = {"download": "download", "zca": "zca", "distill": "distill", "evaluate": "evaluate",
+STAGES = {"download": "download", "zca": "zca", "pool": "pool", "distill": "distill", "evaluate": "evaluate",
           "evaluate_random": "evaluate", "evaluate_selected": "evaluate", "evaluate_full": "evaluate", "visualize": "visualize",
           "accuracy": "visualize", "crossarch": "crossarch", "nas": "nas", "nas_merge": "nas_merge",
           "report": "report"}
@@ -121,6 +131,49 @@ def _job_name(dataset, method, ipc, name: str | None) -> str:
         return name
     parts = [dataset, method] + ([f"ipc{ipc}"] if ipc is not None else [])
     return "-".join(str(p) for p in parts if p)
+
+
+# patterns that name a folder: a path inside one matches it too (match(..., inside=True))
+FOLDERS = ("raw", "pool_state", "distill_dir", "images")
+
+
+def _regex(params: dict, key: str, inside: bool) -> re.Pattern:
+    parts = re.split(r"\{(dataset|method|ipc|shard)\}", os.path.normpath(pattern(params, key)))
+    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+    return re.compile(rx + ("(?:/.+)?" if inside and key in FOLDERS else ""))
+
+
+def match(params: dict, file: str | os.PathLike, inside: bool = False) -> tuple[str, dict[str, str]] | None:
+    """(key of :data:`PATTERNS`, its wildcards) of a path the pipeline writes, or None. With
+    ``inside``, a path inside a folder output (``data/raw/digits/digits.pt``) matches the folder."""
+    f = os.path.normpath(str(file))
+    for key in sorted(PATTERNS, key=lambda k: k in FOLDERS):  # files before the folders holding them
+        m = _regex(params, key, inside).fullmatch(f)
+        if m:
+            return key, m.groupdict()
+    return None
+
+
+def check_job(params: dict, stage: str, wildcards: dict[str, str]) -> None:
+    """Raise ``ValueError`` if a job of ``stage`` (a rule of the Snakefile) lies outside
+    params.yaml's experiment matrix: a wildcard value (dataset, method, ipc, shard) that its
+    key does not list, or a baseline that ``experiment.baselines`` leaves out. The message
+    names the value and the key."""
+    exp = params["experiment"]
+    keys = {"dataset": ("experiment.datasets", exp["datasets"]),
+            "method": ("experiment.methods", exp["methods"]),
+            "ipc": ("crossarch.ipcs", params["crossarch"]["ipcs"]) if stage == "crossarch"
+            else ("experiment.ipcs", exp["ipcs"]),
+            "shard": ("nas.shards", params["nas"]["shards"])}
+    found = [(name, str(wildcards[name])) + keys[name] for name in keys if name in wildcards]
+    if stage.startswith("evaluate_"):  # the baselines' rules: evaluate_random, _selected, _full
+        found.append(("baseline", stage[len("evaluate_"):], "experiment.baselines", exp["baselines"]))
+    for what, value, setting, allowed in found:
+        if value not in [str(a) for a in allowed]:
+            shown = value if value.isdigit() else repr(value)
+            tail = (f"; the methods are {list(METHODS)}" if what == "method" and value not in METHODS
+                    else "; add it there to make this file")
+            raise ValueError(f"{what} {shown} is not in {setting} {allowed} (params.yaml){tail}")
 
 
 def log_path(params: dict, stage: str, dataset=None, method=None, ipc=None, name: str | None = None) -> Path:

@@ -7,6 +7,12 @@ serialises the store's writers, and a bounded reachability check.
   every process writing to it (two pipelines with different ``paths.logs`` included) takes the
   same lock, and the store's creation and schema migration happen once, not concurrently;
   other stores are locked by ``<paths.logs>/.mlflow.lock``.
+- :func:`artifact_location`: where a new experiment keeps its artifacts. A relative
+  ``mlflow.artifact_root`` lies beside the store (the MLflow server's convention): for
+  ``sqlite:///<dir>/mlflow.db`` or a file store ``<dir>/mlruns``, in ``<dir>/<artifact_root>``,
+  so projects that share one store share one artifact folder next to it rather than writing
+  into whichever project created the experiment first; for the default
+  ``sqlite:///mlflow.db`` that is the project's own ``mlartifacts/``.
 - :func:`check_reachable`: an ``http(s)`` tracking server must answer ``/health`` within
   :data:`PROBE_TIMEOUT` seconds (at most 2 s more for a refused connection), before any compute; :class:`TrackingUnavailable` names the URI.
 - :func:`bound_http_retries`: MLflow's own HTTP client retries for minutes by default; a
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["DEFAULT_TRACKING_URI", "PROBE_TIMEOUT", "TrackingUnavailable", "tracking_uri", "sqlite_path",
-           "lock_path", "file_lock", "check_reachable", "bound_http_retries"]
+           "store_dir", "artifact_location", "lock_path", "file_lock", "check_reachable", "bound_http_retries"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PROBE_TIMEOUT = 4.0  # seconds; with the stage's start-up, an unreachable server stops it within 10 s
@@ -49,6 +55,34 @@ def sqlite_path(uri: str) -> Path | None:
     if not rest.startswith("///"):
         return None  # sqlite:// (in memory) or malformed: MLflow reports it
     return Path(urllib.parse.unquote(rest[3:].split("?", 1)[0]))
+
+
+def store_dir(uri: str) -> Path | None:
+    """The folder holding a local store: a SQLite database's folder, a file store's parent
+    (``file:///x/mlruns`` or ``/x/mlruns``: ``/x``); None for a server or another database."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return db.resolve().parent
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(urllib.parse.unquote(parts.path)).resolve().parent
+    if not parts.scheme or len(parts.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return Path(uri).resolve().parent
+    return None
+
+
+def artifact_location(params: dict, uri: str, experiment: str) -> str | None:
+    """The artifact location of a new experiment: ``mlflow.artifact_root`` as given when it is
+    a URI; None (the server decides) for an http(s) server; else a folder, resolved beside the
+    store when relative (:func:`store_dir`; the working folder for other databases), plus the
+    experiment's name."""
+    root = params["mlflow"]["artifact_root"]
+    if "://" in root:
+        return root
+    if uri.startswith(("http://", "https://")):
+        return None  # a shared server stores the artifacts itself (--artifacts-destination)
+    base = store_dir(uri) or Path.cwd()
+    return (base / root).resolve().joinpath(experiment).as_uri()
 
 
 def lock_path(params: dict, uri: str) -> Path:

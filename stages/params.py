@@ -21,9 +21,18 @@ import yaml
 from .layout import PARAMS, ROOT
 
 __all__ = ["ParamsError", "SCHEMA", "read_yaml", "validate_params", "check_params", "load_params", "merge",
-           "section", "protocol_overrides", "distill_kwargs", "evaluate_settings", "stage_params"]
+           "section", "protocol_overrides", "distill_kwargs", "evaluate_settings", "stage_params",
+           "DIGITS_CLASS_COUNTS", "TRAIN_PER_CLASS", "train_counts", "class_size_problem"]
 
 SCHEMA = ROOT / "schemas" / "params.schema.yaml"
+
+# Training images per class of the loaders whose sizes are fixed, so that an IPC or a
+# validation split too large for them is refused before anything is downloaded (an
+# ImageFolder's sizes are known only once its files are read: the download stage checks them).
+# CIFAR-10/100: 50,000 training images in 10/100 classes; TinyImageNet: 500 per class in 200
+# classes. digits: scikit-learn's per-class counts (a test checks them), less the test split.
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "tinyimagenet": 500}
 
 
 class ParamsError(ValueError):
@@ -62,7 +71,8 @@ def validate_params(params: Any, source: str = PARAMS, schema_path: str | os.Pat
 
 
 def check_params(params: dict, source: str = PARAMS) -> None:
-    """Rules the schema cannot express: the matrix names existing datasets and something runs."""
+    """Rules the schema cannot express: the matrix names existing datasets, something runs, and
+    its IPCs and validation split fit the class sizes of the datasets whose sizes are fixed."""
     exp = params["experiment"]
     for name in params["protocols"]:  # before any section() below resolves a chain
         chain = [name]
@@ -96,6 +106,19 @@ def check_params(params: dict, source: str = PARAMS) -> None:
             raise ParamsError(f"{source}: validation.per_class: the nas stage ranks candidates on the validation "
                               f"split; dataset {name!r} has none (per_class 0)")
     for name in exp["datasets"]:
+        d, pool = section(params, "distill", name), section(params, "pool", name)
+        if (d["encoder"] != "random" or d["calibration"] > 0) and pool["models"] < 1:
+            raise ParamsError(f"{source}: pool.models: dataset {name!r} distils with distill.encoder "
+                              f"{d['encoder']!r} and distill.calibration {d['calibration']!r}, which need a trained "
+                              f"pool; set pool.models >= 1 (or encoder: random, calibration: 0)")
+        if d["encoder_lambda"][0] > d["encoder_lambda"][1]:
+            raise ParamsError(f"{source}: distill.encoder_lambda: must be [lo, hi] with lo <= hi, "
+                              f"got {d['encoder_lambda']} (dataset {name!r})")
+    for name in exp["datasets"]:  # before download: sizes known without reading any file
+        counts = train_counts(params, name)
+        if counts is not None and (problem := class_size_problem(params, name, counts, source)):
+            raise ParamsError(problem)
+    for name in exp["datasets"]:
         ds = params["datasets"][name]
         for sec in ("distill", "evaluate"):
             merged = section(params, sec, name)
@@ -107,6 +130,45 @@ def check_params(params: dict, source: str = PARAMS) -> None:
                 if len(vals) != n:
                     raise ParamsError(f"{source}: datasets.{name}.paper.methods.{m}: {len(vals)} values "
                                       f"for {n} ipcs")
+
+
+def train_counts(params: dict, dataset: str) -> dict[str, int] | None:
+    """{class: training images} of a dataset group whose loader has fixed sizes, else None.
+    digits keeps ``n - round(n * test_fraction)`` images of a class, as its stratified split does."""
+    ds = params["datasets"][dataset]
+    if ds["loader"] == "digits":
+        frac = float((ds.get("options") or {}).get("test_fraction", 0.2))
+        return {str(c): n - int(round(n * frac)) for c, n in enumerate(DIGITS_CLASS_COUNTS)}
+    if ds["loader"] in TRAIN_PER_CLASS:
+        return {"every class": TRAIN_PER_CLASS[ds["loader"]]}
+    return None
+
+
+def class_size_problem(params: dict, dataset: str, counts: dict[str, int], source: str = PARAMS,
+                       ipcs: list[int] | None = None) -> str | None:
+    """Why the matrix cannot run on a dataset whose classes hold ``counts`` training images
+    (None: it can). The validation split takes ``validation.per_class`` images of every class
+    first; distillation (and the selected baseline) then starts from ``ipc * distill.factor**2``
+    of what is left, the random baseline from ``ipc``."""
+    if not counts:
+        return None
+    cls, n = min(counts.items(), key=lambda kv: kv[1])
+    smallest = f"dataset {dataset!r} has {n} training images in its smallest class ({cls!r})"
+    per_class = section(params, "validation", dataset)["per_class"]
+    if per_class >= n:
+        return (f"{source}: validation.per_class: {per_class} validation images per class leave no training "
+                f"image: {smallest}; set validation.per_class below {n} (for this dataset: "
+                f"datasets.{dataset}.validation.per_class)")
+    exp = params["experiment"]
+    f2 = section(params, "distill", dataset)["factor"] ** 2 if exp["methods"] or "selected" in exp["baselines"] else 1
+    left = n - per_class
+    for ipc in sorted(ipcs if ipcs is not None else exp["ipcs"], reverse=True):
+        if ipc * f2 > left:
+            need = f"{ipc} x distill.factor**2 = {ipc * f2}" if f2 > 1 else str(ipc)
+            return (f"{source}: experiment.ipcs: ipc {ipc} needs {need} training images per class, but {smallest}, "
+                    f"{left} once the validation split (validation.per_class: {per_class}) is carved off; use "
+                    f"ipcs of at most {left // f2}, or a smaller validation.per_class")
+    return None
 
 
 def load_params(path: str | os.PathLike = PARAMS) -> dict:
@@ -123,7 +185,7 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-MERGED = ("distill", "evaluate", "validation")  # sections a dataset group and a protocol override
+MERGED = ("distill", "evaluate", "validation", "pool")  # sections a dataset group and a protocol override
 
 
 def protocol(params: dict, dataset: str) -> str | None:
@@ -181,10 +243,15 @@ def stage_params(params: dict, stage: str, dataset: str | None = None) -> dict:
         return {"loader": ds["loader"], "options": ds["options"]}
     if stage == "zca":
         return {"loader": ds["loader"], "options": ds["options"], "preprocess": ds["preprocess"]}
+    if stage == "pool":  # the distillation network, the training split and the augmentation; not lr_img etc.
+        return {"pool": section(params, "pool", dataset), "net": section(params, "distill", dataset)["net"],
+                "validation": {k: section(params, "validation", dataset)[k] for k in ("per_class", "seed")},
+                "dsa": params["dsa"], "protocol": protocol(params, dataset)}
     if stage == "distill":  # the validation evaluator is the evaluate section with validation's epochs
         return {"distill": section(params, "distill", dataset), "dsa": params["dsa"],
                 "seed": params["runtime"]["seed"], "evaluate": section(params, "evaluate", dataset),
-                "validation": section(params, "validation", dataset), "protocol": protocol(params, dataset)}
+                "validation": section(params, "validation", dataset), "protocol": protocol(params, dataset),
+                "pool": section(params, "pool", dataset)}
     if stage in ("evaluate", "evaluate_full"):
         return {"evaluate": section(params, "evaluate", dataset), "dsa": params["dsa"],
                 "protocol": protocol(params, dataset)}

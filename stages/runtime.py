@@ -9,11 +9,15 @@ that builds a :class:`Stage`, which
 3. configures the torch runtime (``atom.runtime.configure(runtime.threads)``);
 4. offers a :class:`stages.tracking.Tracker` for MLflow records;
 5. copies tqdm progress bars (with their time estimates) into the log (:class:`ProgressLog`).
+Before 2., :func:`stages.preflight.check` makes sure the stage's inputs exist and that the
+folders it writes are writable and have room, so nothing is computed (or written) in vain.
 Its :meth:`Stage.start_run` opens the stage's MLflow run before the compute, and
 :meth:`Stage.remove_stale` removes the temp files that killed writes of its outputs left.
 :func:`run` turns bad params or arguments into one clear line and exit code 2, an unusable
-tracking store into exit code 3, SIGTERM/SIGINT into 143/130, and ends the stage's run
-FINISHED, or FAILED with the error (:mod:`stages.lifecycle`).
+tracking store into exit code 3, a missing input, an unusable or full folder, a write the
+file system refuses and a file refused for safety (or corrupt) into one line and exit code 4
+(saying how to recover), SIGTERM/SIGINT into 143/130, and ends the stage's run FINISHED, or
+FAILED with the error (:mod:`stages.lifecycle`).
 """
 from __future__ import annotations
 
@@ -26,9 +30,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .layout import BASELINES, METHODS, PARAMS, log_path, path
+from .layout import BASELINES, METHODS, PARAMS, log_path, match, path
 from .lifecycle import Terminated, call, close_orphans, register
 from .params import ParamsError, load_params
+from .preflight import PreflightError, check, producer, refused_write, setting
 from .recovery import remove_stale
 from .tracking import Tracker, TrackingUnavailable
 
@@ -62,9 +67,14 @@ class Stage:
         if self.ipc is not None and self.ipc < 1:
             raise ValueError(f"--ipc: must be a positive integer, got {self.ipc}")
         self.log_path = log_path(self.params, name, self.dataset, self.method, self.ipc, name=log_name)
+        # inputs, writable folders and free space, before anything is written (the log included)
+        check(self.params, name, self.dataset, self.method, self.ipc, getattr(args, "shard", None), self.log_path)
         self.log = _setup_logging(self.log_path, name)
         sys.stderr = ProgressLog(_stderr(), logging.getLogger("stages.progress"))  # tqdm bars -> the log too
-        self.log.info("stage %s: dataset=%s method=%s ipc=%s", name, self.dataset, self.method, self.ipc)
+        self.log.info("stage %s: %s", name, " ".join(f"{k}={v}" for k, v in
+                                                     (("dataset", self.dataset), ("method", self.method),
+                                                      ("ipc", self.ipc)) if v is not None))
+        _CURRENT[:] = [self.params]  # run() names the setting or stage behind a failed file
         from atom.runtime import configure
 
         configure(self.params["runtime"]["threads"])
@@ -169,25 +179,78 @@ def _setup_logging(file: Path, stage: str) -> logging.Logger:
     return logging.getLogger(f"stages.{stage}")
 
 
+_CURRENT: list[dict] = []  # the running stage's params (one stage per process)
+
+
+def recovery(file: Path) -> str:
+    """How to get past a file that cannot be loaded: delete it, and which stage rewrites it."""
+    rm = f"delete it (rm -r {file})" if file.is_dir() else f"delete it (rm {file})"
+    found = match(_CURRENT[0], file, inside=True) if _CURRENT else None
+    if found is None:
+        return f"{rm}, or replace it with a trusted copy"
+    key, wc = found
+    if key in ("checkpoint", "checkpoint_meta"):
+        return f"{rm}; the distillation then starts afresh at iteration 0"
+    if key == "pool_state":
+        return f"{rm}; the pool stage then trains that member afresh"
+    made = producer(_CURRENT[0], key, wc)
+    return f"{rm} and rerun {made}, which writes it again" if made else f"{rm} and rerun the stage that writes it"
+
+
+def _refused_write(exc: OSError) -> str:
+    where = exc.filename
+    found = match(_CURRENT[0], where, inside=True) if _CURRENT and where else None
+    hint = f" (under {setting(found[0])} in params.yaml)" if found else ""
+    return f"{where or 'a write'}: {exc.strerror or exc}{hint}; the file was not written; free space or fix the folder, then rerun"
+
+
+def _to_log_file(line: str) -> None:
+    """An error line for the log file only (the terminal gets it once, as ``error: ...``)."""
+    record = logging.LogRecord("stages", logging.ERROR, __file__, 0, "%s", (line,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
-    """Run a stage's ``main``; turn bad params/arguments into one clear line and exit code 2."""
+    """Run a stage's ``main``; turn the errors a user meets into one line and an exit code:
+    2 bad params/arguments, 3 an unusable tracking store, 4 a missing input, an unusable or
+    full folder, or a file refused for safety or unreadable (with how to recover)."""
+    log = logging.getLogger("stages")
     try:
         call(main, argv)
     except (Terminated, KeyboardInterrupt) as exc:
-        logging.getLogger("stages").error("stage stopped: %s", exc or "interrupted (SIGINT)")
+        log.error("stage stopped: %s", str(exc) or "interrupted (SIGINT)")  # KeyboardInterrupt() has no text
         return 143 if isinstance(exc, Terminated) else 130
     except TrackingUnavailable as exc:
-        logging.getLogger("stages").error("%s", exc)
+        log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PreflightError as exc:  # raised before anything was written, the log included
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except ValueError as exc:
-        logging.getLogger("stages").exception("stage failed")
+        io = sys.modules.get("atom.io")  # only a stage that loaded tensors can meet a bad tensor file
+        if io is not None and isinstance(exc, io.UnreadableFileError):
+            line = f"{exc}; to recover, {recovery(exc.path)}"
+            _to_log_file(line)
+            print(f"error: {line}", file=_stderr())  # once: not copied into the log again
+            return 4
+        log.exception("stage failed")
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not refused_write(exc):
+            log.exception("stage failed")
+            raise
+        line = _refused_write(exc)
+        _to_log_file(line)
+        print(f"error: {line}", file=_stderr())  # once: not copied into the log again
+        return 4
     except Exception:
-        logging.getLogger("stages").exception("stage failed")
+        log.exception("stage failed")
         raise
     return 0

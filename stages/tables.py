@@ -37,6 +37,8 @@ def markdown(data: dict, labels: dict, dec: int) -> list[str]:
             out.append(f"| {labels.get(name, name)} | "
                        + " | ".join(f"{r[a]['mean']:.{dec}f} ± {r[a]['std']:.{dec}f}" for a in archs) + " |")
         out.append("")
+        for arch, why in (m.get("skipped") or {}).items():
+            out += [f"{ARCH_LABELS.get(arch, arch)} left out: {why}.", ""]
     nas = data["nas"]
     out += [f"NAS proxy: {nas['candidates']} candidate ConvNets (sample {nas['sample']}, seed {nas['seed']}), each "
             f"trained {nas['proxy_epochs']} epochs on the proxy and {nas['full_epochs']} on the whole training part; "

@@ -19,14 +19,13 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .lifecycle import shielded
-from .mlstore import (DEFAULT_TRACKING_URI, TrackingUnavailable, bound_http_retries, check_reachable, file_lock,
-                      lock_path, tracking_uri)
+from .mlstore import (DEFAULT_TRACKING_URI, TrackingUnavailable, artifact_location, bound_http_retries,
+                      check_reachable, file_lock, lock_path, tracking_uri)
 
-__all__ = ["Tracker", "tracking_uri", "experiment_name", "flatten", "git_commit",
+__all__ = ["Tracker", "tracking_uri", "experiment_name", "run_name", "flatten", "git_commit",
            "DEFAULT_TRACKING_URI", "TrackingUnavailable"]
 
 
@@ -51,6 +50,13 @@ def git_commit(cwd: str | os.PathLike = ".") -> str:
 
 def experiment_name(params: dict, dataset: str) -> str:
     return f"{params['mlflow']['experiment_prefix']}{dataset}"
+
+
+def run_name(stage: str | None, dataset: str | None, method: str | None = None, ipc: int | None = None,
+             *rest: str) -> str:
+    """``evaluate/digits/atom/ipc10/seed0``: the parts given (no ``ipc`` part without an ipc:
+    ``evaluate/digits/full/seed0`` for the whole-set baseline)."""
+    return "/".join(str(x) for x in (stage, dataset, method, None if ipc is None else f"ipc{ipc}", *rest) if x)
 
 
 class _Run:
@@ -159,16 +165,18 @@ class Tracker:
         client = MlflowClient(tracking_uri=uri)
         name = experiment_name(self.params, self.dataset)
         exp = client.get_experiment_by_name(name)
+        location = artifact_location(self.params, uri, name)  # beside a local store (stages.mlstore)
         if exp is None:
-            root = self.params["mlflow"]["artifact_root"]
-            # a shared http(s) server stores the artifacts itself (--artifacts-destination): a folder is ignored
-            location = (root if "://" in root else None if uri.startswith(("http://", "https://"))
-                        else Path(root).resolve().joinpath(name).as_uri())
             self.experiment_id = client.create_experiment(name, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
+            if location is not None and exp.artifact_location != location:
+                # made elsewhere (by an older version, or another artifact_root): its location holds
+                self.log.warning("mlflow: experiment %r keeps its artifacts in %s (set when it was created), not "
+                                 "%s; see docs/tracking.md", name, exp.artifact_location, location)
         self.client = client
-        self.log.info("mlflow: %s, experiment %r", uri, name)
+        self.log.info("mlflow: %s, experiment %r, artifacts in %s", uri, name,
+                      location if exp is None else exp.artifact_location)
 
     @contextlib.contextmanager
     def run(self, stage: str, method: str | None = None, ipc: int | None = None,
@@ -182,8 +190,7 @@ class Tracker:
         tags = {"stage": stage, "dataset": self.dataset, "method": method or "", "ipc": "" if ipc is None else str(ipc),
                 "git_commit": self.commit, "mlflow.source.git.commit": self.commit,
                 "host": socket.gethostname(), "pid": str(os.getpid()),
-                "mlflow.runName": name or "/".join(str(x) for x in (stage, self.dataset, method,
-                                                                     None if ipc is None else f"ipc{ipc}") if x)}
+                "mlflow.runName": name or run_name(stage, self.dataset, method, ipc)}
         if parent is not None and parent.run_id:
             tags["mlflow.parentRunId"] = parent.run_id
         tags.update(extra_tags or {})

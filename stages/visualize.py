@@ -1,8 +1,10 @@
 """Stage `visualize`: pictures of one synthetic set, or the accuracy plot of one dataset.
 
     python -m stages.visualize --dataset digits --method atom --ipc 10
-        -> <paths.results>/visualize/digits/atom/ipc10/grid.png   (a row per class, through
-           the exact inverse preprocessing), loss.png (with the validation curve and the
+        -> <paths.results>/visualize/digits/atom/ipc10/grid.png   (a row per class named at
+           its left, real training images beside the distilled ones as a network trains on
+           them (multi-formation tiles decoded), through the exact inverse preprocessing,
+           upscaled to be legible), loss.png (with the validation curve and the
            iteration kept), images/<class>/<n>.png (ImageFolder)
     python -m stages.visualize --dataset digits
         -> <paths.results>/visualize/digits/accuracy.png, accuracy.csv (accuracy vs ipc for
@@ -20,17 +22,40 @@ import sys
 from . import runtime
 from .layout import METHODS, eval_path, evaluations
 
+# display names (the report's)
+LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM"}
+
+
+def grid_caption(params: dict, dataset: str, method: str, ipc: int, record: dict) -> tuple[str, str]:
+    """The picture's title and the run that made it (protocol, seed, iteration kept)."""
+    from .params import protocol, section
+
+    d = section(params, "distill", dataset)
+    factor = int((record.get("config") or {}).get("factor", 1))
+    proto = protocol(params, dataset)
+    title = f"{dataset}: {LABELS.get(method, method)}, {ipc} image{'s' if ipc > 1 else ''} per class"
+    seed = d.get("seed", params["runtime"]["seed"])  # runtime.seed unless a script overrides distill.seed
+    sub = (f"protocol {proto or 'params.yaml defaults'}, distillation seed {seed}, iteration "
+           f"{record['iteration']} of {d['iterations']} kept"
+           + (f"; each stored image is {factor}x{factor} tiles, shown as decoded" if factor > 1 else ""))
+    return title, sub
+
 
 def experiment_pictures(st: runtime.Stage) -> None:
     from atom import viz
+    from atom.formation import training_set
     from atom.io import load_tensors
 
     vz = st.params["visualize"]
     syn = load_tensors(st.path("synthetic"))
-    prep = load_tensors(st.path("state"))
-    k = len(prep["classes"])
-    grid = viz.save_grid(syn["images"], syn["labels"], prep["state"], st.path("grid"), num_classes=k,
-                         max_per_class=vz["max_per_class"], scale=vz["grid_scale"])
+    prep = load_tensors(st.path("prepared"))
+    images, labels = training_set(syn)  # what a network trains on: the tiles of multi-formation
+    title, sub = grid_caption(st.params, st.dataset, st.method, st.ipc, syn)
+    grid = viz.plot_class_grid(images, labels, prep["state"], st.path("grid"), classes=prep["classes"],
+                               real=(prep["train_images"], prep["train_labels"]),
+                               max_per_class=vz["max_per_class"], min_cell=vz["grid_cell"], title=title,
+                               subtitle=sub, dpi=vz["dpi"])
+    del prep
     with open(st.path("loss_csv")) as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -41,8 +66,9 @@ def experiment_pictures(st: runtime.Stage) -> None:
                          steps=[int(r["iteration"]) for r in rows], validation=val,
                          chosen=int(syn["iteration"]) if val else None,
                          title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
-    folder = viz.export_imagefolder(syn["images"], syn["labels"], prep["state"], st.path("images"),
-                                    classes=prep["classes"], scale=vz["png_scale"])
+    state = load_tensors(st.path("state"))
+    folder = viz.export_imagefolder(syn["images"], syn["labels"], state["state"], st.path("images"),
+                                    classes=state["classes"], scale=vz["png_scale"])
     st.log.info("wrote %s, %s and %d images under %s", grid, loss, syn["images"].shape[0], folder)
     with st.tracker().run("visualize", st.method, st.ipc) as run:
         run.log_params(vz)

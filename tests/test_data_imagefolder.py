@@ -168,6 +168,38 @@ def test_worker_pool_matches_single_process(tmp_path):
     assert torch.equal(one.train_labels, two.train_labels)
 
 
+def _dispositions(_):
+    import signal
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_decode_workers_drop_the_parents_signal_handlers_and_exit_with_the_pool(tmp_path, monkeypatch):
+    # a pipeline stage raises on SIGTERM (stages.lifecycle); forked workers inherited that
+    # handler, and one raised while waiting on the pool's queue lock hung the decode at 100 %
+    import multiprocessing
+    import signal
+
+    from atom import imaging
+
+    def raising(signum, frame):
+        raise RuntimeError("the parent's handler ran in a worker")
+
+    previous = signal.signal(signal.SIGTERM, raising)
+    try:
+        with imaging._pool_context().Pool(2, initializer=imaging._worker_init) as pool:
+            assert all(all(d) for d in pool.map(_dispositions, range(4)))
+        src = tmp_path / "many"
+        for i in range(1100):  # three chunks
+            _img(src / CLASSES[i % 2] / f"{i:04d}.png", i % 250, size=(3, 3))
+        raw = tmp_path / "raw"
+        data.download("imagefolder", raw, source=str(src))
+        for _ in range(3):
+            data.load("imagefolder", raw, workers=2)
+            assert multiprocessing.active_children() == []  # joined on the sentinel, none left
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --- bad inputs: each a ValueError naming the file, nothing left behind ----------------------
 
 def _assert_clean(raw: Path) -> None:

@@ -165,3 +165,13 @@ def test_schema_options_per_loader_equal_atom_data_options(schema):
         for name in names:
             seen[name] = set(options["properties"])
     assert seen == {name: set(opts) for name, opts in OPTIONS.items()}
+
+
+@pytest.mark.parametrize("init,factor,start", [("real", 1, "random"), ("herding", 2, "selected"),
+                                               ("kcenter", 1, "selected"), ("real", 2, None), ("noise", 1, None)])
+def test_the_report_names_the_baseline_distillation_starts_from(init, factor, start):
+    # init real draws the random baseline's own subset (atom.sets.random_subset, same seed) only
+    # at factor 1; at factor 2 it starts from mosaics of twice as many images, neither baseline
+    labels = report.start_labels(init, factor)
+    marked = [b for b in ("random", "selected") if "distillation's start" in labels[b]]
+    assert marked == ([start] if start else [])

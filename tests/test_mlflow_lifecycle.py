@@ -140,6 +140,8 @@ def silent_server():
 def test_an_unreachable_server_stops_the_stage_before_any_compute(tmp_path, server, silent_server):
     uri = f"http://127.0.0.1:{_closed_port()}" if server == "closed" else silent_server
     root = make_project(tmp_path / "p")
+    (root / "data/prepared").mkdir(parents=True)  # an input in place: a missing one is refused first
+    (root / "data/prepared/digits.pt").write_bytes(b"never read")
     env = dict(project_env(root), MLFLOW_TRACKING_URI=uri)
     t0 = time.monotonic()
     res = _stage(root, "stages.distill", "--dataset", "digits", "--method", "atom", "--ipc", "1", env=env)
@@ -167,11 +169,16 @@ def test_an_unreachable_server_is_a_warning_when_not_required(tmp_path):
 
 def test_a_stage_that_raises_ends_its_run_failed_with_the_error(tmp_path):
     root = make_project(tmp_path / "p")
-    res = _stage(root, "stages.evaluate", "--dataset", "digits", "--method", "atom", "--ipc", "1")
-    assert res.returncode != 0  # nothing was distilled or prepared
+    # a missing input is refused before the run opens (tests/test_user_errors.py); a corrupt one
+    # is met by the compute, inside the run
+    prepared = root / "data/prepared/digits.pt"
+    prepared.parent.mkdir(parents=True)
+    prepared.write_bytes(b"not a tensor file")
+    res = _stage(root, "stages.evaluate", "--dataset", "digits", "--method", "random", "--ipc", "1")
+    assert res.returncode != 0
     (run,) = _runs(root)
     assert run.info.status == "FAILED" and run.data.tags["stage"] == "evaluate"
-    assert "FileNotFoundError" in run.data.tags["error"] and "no such file" in run.data.tags["error"]
+    assert "UnreadableFileError" in run.data.tags["error"] and "data/prepared/digits.pt" in run.data.tags["error"]
     assert run.data.params["seeds"] == "[0, 1]"  # opened (with its params) before the compute
 
 

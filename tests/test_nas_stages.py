@@ -68,7 +68,8 @@ def test_merged_shards_equal_the_unsharded_search(project):
 def test_merge_refuses_missing_and_stale_shards(project):
     _search(project, [0, 1])
     (project / "results/nas/digits/shard1.json").unlink()
-    with pytest.raises(ValueError, match="shard1.json: missing NAS shard 1"):
+    with pytest.raises(RuntimeError, match=r"shard1.json: not found; run the nas stage \(python -m stages.nas "
+                                           r"--dataset digits --shard 1\) first"):
         nas_merge.main(["--dataset", "digits"])
     nas.main(["--dataset", "digits", "--shard", "1"])
     _set_params(project, proxy_epochs=3)
@@ -91,3 +92,38 @@ def test_crossarch_scores_every_set_on_every_architecture(project):
             assert 0 <= r["mean"] <= 100 and r["std"] >= 0
     with pytest.raises(ValueError, match="crossarch.ipcs"):
         crossarch.main(["--dataset", "digits", "--ipc", "3"])
+
+
+def test_crossarch_leaves_out_architectures_that_cannot_learn_on_8x8_digits(project):
+    # VGG-11 and ResNet-18 normalise 1x1 maps on 8x8 inputs (instance norm): chance accuracy,
+    # so they are left out with the reason, and the report prints the reason, not the column
+    from stages import tables
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["crossarch"].update(archs=["convnet", "vgg11", "resnet18"], epochs=1, seeds=[0])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        crossarch.main(["--dataset", "digits", "--ipc", "1"])
+        m = json.loads((project / "results/crossarch/digits/ipc1/metrics.json").read_text())
+    finally:
+        params["crossarch"].update(archs=["convnet", "alexnet"], epochs=2, seeds=[0, 1])
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert m["archs"] == ["convnet"] and set(m["skipped"]) == {"vgg11", "resnet18"}
+    assert all("1x1" in why for why in m["skipped"].values())
+    assert set(m["results"]["atom"]) == {"convnet"}
+    nas = {"candidates": 0, "sample": 0, "seed": 0, "proxy_epochs": 0, "full_epochs": 0, "proxies": {}}
+    text = "\n".join(tables.markdown({"crossarch": [m], "nas": nas}, {}, 2))
+    assert "| set | ConvNet |" in text and "VGG-11 left out: on 8x8 inputs" in text
+    assert "ResNet-18 left out" in text and "| VGG-11" not in text
+
+
+def test_single_pixel_norms_matches_the_architectures_depth():
+    from atom.networks import single_pixel_norms
+
+    assert single_pixel_norms(1, 10, 8, arch="vgg11", norm="instancenorm") > 0
+    assert single_pixel_norms(3, 10, 32, arch="vgg11", norm="instancenorm") == 0
+    assert single_pixel_norms(1, 10, 8, arch="resnet18", norm="instancenorm") > 0
+    assert single_pixel_norms(1, 10, 16, arch="resnet18", norm="instancenorm") == 0
+    assert single_pixel_norms(1, 10, 8, arch="vgg11", norm="batchnorm") == 0  # batch statistics
+    assert single_pixel_norms(1, 10, 8, arch="convnet", depth=3, width=8, norm="instancenorm", act="relu",
+                              pool="avg") == 0

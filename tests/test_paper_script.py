@@ -107,7 +107,7 @@ def test_make_paper_default_protocol_is_a_named_protocol():
 
 
 def test_cpu_wide_protocol_is_the_cpu_protocol_with_a_wider_distillation_network():
-    # results.md section 2g compares the two protocols as a change of width alone: the recipes
+    # docs/history/notebook.md section 2g compares the two protocols as a change of width alone: the recipes
     # the ablation cells run under them (cpu-wide names cpu as its base) differ in nothing else
     import ablation
     from stages.params import load_params
@@ -236,6 +236,26 @@ def test_ablation_report_pairs_methods_by_distillation_seed():
     # a rerun of one seed would pair a set with itself: refused, as --pool refuses it
     with pytest.raises(SystemExit, match="ran one recipe with distillation seed 0"):
         ablation_report.paired(atom + dm + [dict(atom[0], name="rerun")])
+
+
+def test_ablation_report_pairs_one_method_across_encoder_settings_only():
+    # ATOM inside the pool with and without calibration, and ATOM with random encoders: three
+    # pairs of one method; two cells of one encoder setting under other names never pair
+    import ablation_report
+
+    def cell(seed, mean, **distill):
+        return {"method": "atom", "ipc": 1, "name": "x", "mean": mean, "test": [mean],
+                "overrides": [f"distill.seed={seed}"] + [f"distill.{k}={v}" for k, v in distill.items()],
+                "recipe": {"distill": dict(distill, seed=seed)}}
+    plain = [cell(s, 34.0 + s) for s in (0, 1)]
+    pool = [cell(s, 33.0 + s, encoder="pool") for s in (0, 1)]
+    cal = [cell(s, 35.0 + s, encoder="pool", calibration=10.0) for s in (0, 1)]
+    rows = ablation_report.paired(plain + pool + cal).splitlines()[2:]
+    pairs = [tuple(r.split(" | ")[1:3]) for r in rows]
+    assert pairs == [("atom (encoder=pool, calibration=10.0)", "atom (encoder=pool)"),
+                     ("atom (encoder=pool, calibration=10.0)", "atom (-)"),
+                     ("atom (encoder=pool)", "atom (-)")], rows
+    assert rows[0].split(" | ")[4] == "+2.00 ± 0.00 (2)" and rows[2].split(" | ")[4] == "-1.00 ± 0.00 (2)"
 
 
 def test_ablation_report_names_a_cells_protocol_where_it_is_not_the_usual_one():

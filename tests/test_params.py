@@ -62,7 +62,8 @@ def test_dataset_groups_override_only_their_dataset(params):
     assert distill_kwargs(params, "digits", "dm")["loss"] == params["distill"]["loss"]["dm"]
     assert params["datasets"]["cifar10"]["preprocess"]["zca"] and not params["datasets"]["tinyimagenet"]["preprocess"]["zca"]
     seeds, full, _ = evaluate_settings(params, "digits", "full")
-    assert full["epochs"] == params["evaluate"]["full"]["epochs"] and seeds == params["evaluate"]["full"]["seeds"]
+    merged = section(params, "evaluate", "digits")["full"]  # the group's protocol (smoke) included
+    assert full["epochs"] == merged["epochs"] and seeds == merged["seeds"]
 
 
 @pytest.mark.parametrize("method", ["atom", "datadam", "dm"])
@@ -165,15 +166,26 @@ def test_snakemake_validates_params_before_scheduling(tmp_path, bad, words):
 def test_stage_params_cover_what_each_stage_reads(params):
     # a change in any of these reruns the stage in Snakemake (params:) and DVC (params:)
     sp = stage_params(params, "distill", "digits")
-    assert sp["distill"] == params["distill"] and sp["dsa"] == params["dsa"] and sp["seed"] == 0
+    assert sp["distill"] == section(params, "distill", "digits") and sp["dsa"] == params["dsa"] and sp["seed"] == 0
     assert "distill" not in stage_params(params, "evaluate", "digits")
     assert "seed" in stage_params(params, "evaluate_random", "digits")
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     # distill validates with the evaluate settings; the protocol and validation split shape both
     assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "evaluate", "validation", "protocols",
-                                             "datasets.${item.dataset}.distill", "datasets.${item.dataset}.evaluate",
+                                             "pool", "datasets.${item.dataset}.distill",
+                                             "datasets.${item.dataset}.evaluate", "datasets.${item.dataset}.pool",
                                              "datasets.${item.dataset}.validation", "datasets.${item.dataset}.protocol"}
-    assert set(sp) == {"distill", "dsa", "seed", "evaluate", "validation", "protocol"}
+    assert set(sp) == {"distill", "dsa", "seed", "evaluate", "validation", "protocol", "pool"}
+    # the pool is cached by dataset and pool settings: the distillation network, never lr_img, the method or the IPC
+    pp = stage_params(params, "pool", "digits")
+    assert set(pp) == {"pool", "net", "validation", "dsa", "protocol"}
+    assert "distill.net" in dvc["pool"]["do"]["params"] and "distill" not in dvc["pool"]["do"]["params"]
+    changed = copy.deepcopy(params)
+    changed["distill"]["lr_img"] = params["distill"]["lr_img"] * 2
+    changed["distill"]["iterations"] = params["distill"]["iterations"] + 1
+    assert stage_params(changed, "pool", "digits") == pp
+    changed["pool"]["epochs"] = params["pool"]["epochs"] + 1
+    assert stage_params(changed, "pool", "digits") != pp
     assert set(dvc["evaluate"]["params"]) == {"evaluate", "dsa", "protocols", "datasets.${item.dataset}.evaluate",
                                               "datasets.${item.dataset}.protocol"}
     assert "distill" in stage_params(params, "evaluate_selected", "digits")

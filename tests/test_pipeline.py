@@ -87,10 +87,10 @@ def _covers(dep: str, path: str) -> bool:
 # (experiment overrides, expected job count per rule): the default matrix, and two datasets x
 # one method x three ipcs
 MATRICES = {
-    "default": ({}, {"download": 1, "zca": 1, "distill": 6, "evaluate": 6, "visualize": 6, "evaluate_random": 2,
+    "default": ({}, {"download": 1, "zca": 1, "pool": 1, "distill": 6, "evaluate": 6, "visualize": 6, "evaluate_random": 2,
                      "evaluate_selected": 2, "evaluate_full": 1, "accuracy": 1, "crossarch": 1, "nas": 2, "nas_merge": 1, "report": 1}),
     "two-datasets-one-method": ({"datasets": ["digits", "cifar10"], "methods": ["datadam"], "ipcs": [1, 10, 50]},
-                                {"download": 2, "zca": 2, "distill": 6, "evaluate": 6, "visualize": 6,
+                                {"download": 2, "zca": 2, "pool": 2, "distill": 6, "evaluate": 6, "visualize": 6,
                                  "evaluate_random": 6, "evaluate_selected": 6, "evaluate_full": 2, "accuracy": 2, "crossarch": 2, "nas": 4,
                                  "nas_merge": 2, "report": 1}),
 }

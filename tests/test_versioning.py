@@ -111,7 +111,7 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
     with open(root / ".git/info/exclude", "a") as f:  # project_env's DVC site cache and MLflow files
         f.write(".dvc-site-cache/\nmlflow.db\n")
     assert _ran(_sh([dvc, "repro"], root)) == {
-        "download@digits", "zca@digits", "distill@digits-atom-1", "evaluate@digits-atom-1",
+        "download@digits", "zca@digits", "pool@digits", "distill@digits-atom-1", "evaluate@digits-atom-1",
         "evaluate_random@digits-1", "evaluate_selected@digits-1", "evaluate_full@digits",
         "visualize@digits-atom-1", "accuracy@digits", "crossarch@digits-1", "nas@digits-0", "nas_merge@digits",
         "report"}
@@ -145,7 +145,7 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
                   "nas_merge@digits", "report"}
     assert {"distill@digits-atom-1", "evaluate@digits-atom-1", "visualize@digits-atom-1"} <= _ran(second) <= downstream
     skipped = set(re.findall(r"Stage '([^']+)' didn't change", second))
-    assert {"download@digits", "zca@digits", "evaluate_random@digits-1", "evaluate_full@digits"} <= skipped
+    assert {"download@digits", "zca@digits", "pool@digits", "evaluate_random@digits-1", "evaluate_full@digits"} <= skipped
     loss = (root / "results/distill/digits/atom/ipc1/loss.csv").read_text().splitlines()
     assert len(loss) == 1 + params["distill"]["iterations"]
 

@@ -1,0 +1,69 @@
+"""Stage `pool`: train the pool of ConvNets that distillation can draw its encoders from (ATOM+).
+
+    python -m stages.pool --dataset cifar10-jpeg
+
+Reads ``<paths.prepared>/<dataset>.pt`` and the ``pool`` section (merged with the dataset
+group's and its protocol's overrides), carves the validation split exactly as the distill
+stage does (``validation.per_class``, ``validation.seed``) and trains ``pool.models``
+ConvNets of ``distill.net`` on the rest with ``atom.pool.train_pool``; the test images are
+never read. Writes, under ``<paths.results>/pool/<dataset>/``:
+
+- ``pool.pt``       every member's initial and trained weights (safetensors, no pickle), the
+                    settings, per-member training accuracy and seconds: what distill reads
+                    when ``distill.encoder`` is not ``random`` or ``distill.calibration`` > 0
+- ``metrics.json``  numbers only: members, epochs, training images, mean training accuracy
+- ``info.json``     dataset, device, the pool's fingerprint
+
+and keeps its resumable state under ``<paths.state>/pool/<dataset>/`` (one file per member,
+saved after every epoch; never a declared output, so a rerun after a kill resumes from it,
+and a rerun after an unrelated change, which DVC makes, reloads finished members at once).
+``pool.models: 0`` writes an empty pool immediately.
+
+MLflow: a run with the pool settings; each member's training accuracy and seconds as it ends.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import runtime
+from .params import section
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runtime.Stage("pool", args)
+    st.remove_stale("pool", "pool_metrics", "pool_info")
+    cfg = section(st.params, "pool", st.dataset)
+    net = section(st.params, "distill", st.dataset)["net"]
+    val = section(st.params, "validation", st.dataset)
+    run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
+    run.log_params({"dataset": st.dataset, **{f"pool.{k}": v for k, v in cfg.items()}, "net": net})
+    from atom.io import load_tensors, write_json
+    from atom.pool import train_pool
+    from atom.validation import carve
+
+    prep = load_tensors(st.path("prepared"))  # only the training images are read below
+    k = len(prep["classes"])
+    train_x, train_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"], k)
+    device = st.resolved_device()
+    st.log.info("pool for %s: %d members x %d epochs of %s on %d training images (%s)", st.dataset, cfg["models"],
+                cfg["epochs"], net, train_x.shape[0], device)
+
+    def ended(i: int, member: dict) -> None:
+        run.log_metrics({"train_accuracy": float(member["train_accuracy"]), "seconds": float(member["seconds"])},
+                        step=i)
+
+    pool = train_pool(train_x, train_y, num_classes=k, device=device, state_dir=st.path("pool_state"),
+                      progress=True, callback=ended, net=net, dsa_params=dict(st.params["dsa"]), **cfg)
+    pool.save(st.path("pool"))
+    acc = pool.meta["train_accuracy"]
+    write_json({"members": len(pool), "epochs": cfg["epochs"], "images": int(train_x.shape[0]),
+                **({"mean_train_accuracy": sum(acc) / len(acc)} if acc else {})}, st.path("pool_metrics"))
+    fingerprint = pool.fingerprint if len(pool) else None
+    write_json({"dataset": st.dataset, "device": device, "fingerprint": fingerprint}, st.path("pool_info"))
+    st.log.info("done: %d members, %.1fs of training in all, fingerprint %s", len(pool), sum(pool.meta["seconds"]),
+                fingerprint)
+
+
+if __name__ == "__main__":
+    sys.exit(runtime.run(main))
