@@ -39,7 +39,7 @@ from atom.pool import EncoderPool  # noqa: E402
 from atom.selection import rule_of, selected_set  # noqa: E402
 from atom.validation import carve, make_validator  # noqa: E402
 from stages.layout import METHODS, path  # noqa: E402
-from stages.params import distill_kwargs, evaluate_settings, load_params, section  # noqa: E402
+from stages.params import distill_kwargs, evaluate_settings, load_params, section, uses_pool  # noqa: E402
 
 
 def set_key(d: dict, dotted: str, value) -> None:
@@ -88,7 +88,7 @@ def run_cell(data: dict, recipe: dict, method: str, ipc: int, device: str = "cpu
 
     t0 = time.perf_counter()
     out = {"method": method, "ipc": ipc, "recipe": recipe, "threads": torch.get_num_threads(), "device": device}
-    if pool is not None and (dcfg.get("encoder", "random") != "random" or dcfg.get("calibration", 0) > 0):
+    if pool is not None and uses_pool(dcfg):
         out["pool"] = {"fingerprint": pool.fingerprint, "members": len(pool), **pool.meta}
     if method in ("random", "selected"):
         if method == "random":

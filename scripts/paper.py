@@ -41,11 +41,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from ablation import apply_overrides, recipe_for, run_cell  # noqa: E402
 from atom.distill import resolve_device  # noqa: E402
 from atom.io import load_tensors, write_json, write_text  # noqa: E402
-from stages.layout import METHODS, path  # noqa: E402
+from stages.layout import LABELS, METHODS, path  # noqa: E402
 from stages.params import load_params  # noqa: E402
 
 BASELINES = ("random", "selected")
-LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real", "selected": "selected real"}
 
 
 def table(cells: dict, methods: list[str], ipcs: list[int], paper: dict | None) -> str:

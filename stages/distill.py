@@ -40,7 +40,7 @@ from pathlib import Path
 
 from . import runtime
 from .layout import METHODS
-from .params import distill_kwargs, evaluate_settings, section
+from .params import distill_kwargs, evaluate_settings, section, uses_pool
 from .recovery import LOSS_RECORD, VALIDATION_RECORDS, RunClock, code_digest
 from .stream import MetricStream
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                                 **{f: (lambda a: ("val_accuracy", a[1], a[0])) for f in VALIDATION_RECORDS}})
 
     pool = None
-    if kwargs["encoder"] != "random" or kwargs["calibration"] > 0:  # the pool stage's trained encoders
+    if uses_pool(kwargs):  # the pool stage's trained encoders
         from atom.pool import EncoderPool
 
         pool = EncoderPool.load_file(st.path("pool"))

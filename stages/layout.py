@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "PATTERNS", "STAGES", "pattern", "path", "experiments",
+__all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "LABELS", "PATTERNS", "STAGES", "pattern", "path", "experiments",
            "evaluations", "eval_path", "nas_shards", "match", "check_job", "log_path", "benchmark_path", "imports",
            "code_deps"]
 
@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = "params.yaml"
 METHODS = ("atom", "datadam", "dm")
 BASELINES = ("random", "selected", "full")
+# display names of METHODS + BASELINES (the report's and the pictures'; a test checks the keys)
+LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real",
+          "selected": "selected real", "full": "whole training set"}
 
 # Every file the pipeline writes, as patterns. `{raw}`, `{prepared}`, `{results}`, `{logs}` and
 # `{state}` come from params.yaml's `paths`; `{dataset}`, `{method}`, `{ipc}` (and `{shard}`, a NAS shard)

@@ -107,7 +107,7 @@ def check_params(params: dict, source: str = PARAMS) -> None:
                               f"split; dataset {name!r} has none (per_class 0)")
     for name in exp["datasets"]:
         d, pool = section(params, "distill", name), section(params, "pool", name)
-        if (d["encoder"] != "random" or d["calibration"] > 0) and pool["models"] < 1:
+        if uses_pool(d) and pool["models"] < 1:
             raise ParamsError(f"{source}: pool.models: dataset {name!r} distils with distill.encoder "
                               f"{d['encoder']!r} and distill.calibration {d['calibration']!r}, which need a trained "
                               f"pool; set pool.models >= 1 (or encoder: random, calibration: 0)")
@@ -191,6 +191,12 @@ MERGED = ("distill", "evaluate", "validation", "pool")  # sections a dataset gro
 def protocol(params: dict, dataset: str) -> str | None:
     """The name of the protocol the dataset group selects (None: none)."""
     return params["datasets"][dataset].get("protocol")
+
+
+def uses_pool(distill: dict) -> bool:
+    """Whether a (merged) distill section draws on the pool stage's trained encoders: an
+    encoder other than ``random``, or the calibration term."""
+    return distill.get("encoder", "random") != "random" or distill.get("calibration", 0.0) > 0
 
 
 def section(params: dict, name: str, dataset: str | None = None) -> dict:

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from .layout import METHODS, PATTERNS, path
-from .params import section, train_counts
+from .params import section, train_counts, uses_pool
 
 __all__ = ["PreflightError", "MIN_FREE", "MARGIN", "check", "check_folders", "estimate", "data_shape", "inputs",
            "outputs", "producer", "setting", "human", "refused_write"]
@@ -92,8 +92,7 @@ def producer(params: dict, key: str, wildcards: dict) -> str | None:
 
 
 def _needs_pool(params: dict, dataset: str) -> bool:
-    d = section(params, "distill", dataset)
-    return d["encoder"] != "random" or d["calibration"] > 0
+    return uses_pool(section(params, "distill", dataset))
 
 
 def inputs(params: dict, stage: str, dataset, method=None, ipc=None) -> list[tuple[str, dict]]:

@@ -17,14 +17,11 @@ import json
 import sys
 
 from . import runtime, tables
-from .layout import METHODS, PARAMS, eval_path, evaluations, experiments, path
+from .layout import LABELS, METHODS, PARAMS, eval_path, evaluations, experiments, path
 from .params import protocol, section
 from .tracking import git_commit
 
-# display names of layout.METHODS + layout.BASELINES (a test checks the keys); the order of
-# METHODS + random is the ordering the paper reports
-LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real",
-          "selected": "selected real", "full": "whole training set"}
+# the order of METHODS + random is the ordering the paper reports
 RANKED = METHODS + ("random",)
 
 

@@ -20,10 +20,8 @@ import json
 import sys
 
 from . import runtime
-from .layout import METHODS, eval_path, evaluations
+from .layout import LABELS, METHODS, eval_path, evaluations
 
-# display names (the report's)
-LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM"}
 
 
 def grid_caption(params: dict, dataset: str, method: str, ipc: int, record: dict) -> tuple[str, str]:
