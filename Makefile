@@ -2,7 +2,7 @@
 # make test  : the test suite
 # make ui    : the MLflow UI on 127.0.0.1
 # make bench : side-by-side speed benchmarks
-# make paper : the paper protocol on CIFAR-10 content (a GPU; DATASET, IPCS, METHODS, PROTOCOL, JOBS)
+# make paper : the paper protocol on CIFAR-10 content, with ATOM+ (a GPU; DATASET, IPCS, METHODS, PLUS, PROTOCOL, JOBS)
 # make slurm : the pipeline on a SLURM cluster (profiles/slurm; needs the [slurm] extra)
 # Each target creates .venv (pip) when it is missing.
 PYTHON ?= python3
@@ -19,6 +19,8 @@ METHODS  ?= atom datadam dm
 PROTOCOL ?= spec-short
 # cells at once, each its own process (scripts/paper.py --jobs; one GPU gains nothing from more)
 JOBS     ?= 1
+# methods also run as their + variant (trained encoders + calibration, protocol $(PROTOCOL)-atomplus); PLUS= : none
+PLUS     ?= atom
 
 .PHONY: run test test-slow ui bench paper venv clean slurm
 venv: $(STAMP)
@@ -52,11 +54,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_run.py --ipc 10 --warmup 3 --iterations 5
 	$(PY) benchmarks/bench_evaluate.py
+	$(PY) benchmarks/bench_pool.py
 
 paper: $(STAMP)
 	$(PY) -m stages.download --dataset $(DATASET)
 	$(PY) -m stages.zca --dataset $(DATASET)
-	$(PY) scripts/paper.py --dataset $(DATASET) --protocol $(PROTOCOL) --ipcs $(IPCS) --methods $(METHODS) --baselines random selected --jobs $(JOBS)
+	$(PY) scripts/paper.py --dataset $(DATASET) --protocol $(PROTOCOL) --ipcs $(IPCS) --methods $(METHODS) --baselines random selected --plus $(PLUS) --jobs $(JOBS)
 
 clean:
 	rm -rf results logs .snakemake

@@ -97,7 +97,8 @@ def test_gpu_script_cpu_path(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = (tmp_path / "gpu.md").read_text()
-    for section in ("## distill", "## run", "## evaluate", "Device: CPU", "project (auto)", "8000 iterations"):
+    for section in ("## distill", "## run", "## evaluate", "## pool", "Device: CPU", "project (auto)", "8000 iterations"):
         assert section in report, section
     assert "exit code" not in report, report
     assert json.loads((tmp_path / "run.json").read_text())["rows"][0]["s_per_iter"] > 0
+    assert json.loads((tmp_path / "pool.json").read_text())["pool"]["images_per_s"] > 0

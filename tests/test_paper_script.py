@@ -17,9 +17,18 @@ TINY_PROTOCOL = {"description": "a seconds-long test protocol",
                  "validation": {"per_class": 5, "epochs": 2}}
 
 
+# ATOM+ beside tiny: only the encoder keys and the pool differ (make paper's + cells)
+TINY_PLUS = {"description": "tiny inside a 2-member pool", "base": "tiny",
+             "distill": {"encoder": "pool", "calibration": 1.0}, "pool": {"models": 2, "epochs": 1, "batch_size": 64}}
+# differs from tiny in more than the encoder: refused as a + protocol
+TINY_LONGER = {"description": "tiny inside a pool, longer", "base": "tiny-atomplus", "distill": {"iterations": 6}}
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    root = make_project(tmp_path / "p", extra={"mlflow": {"enabled": False}, "protocols": {"tiny": TINY_PROTOCOL}})
+    root = make_project(tmp_path / "p", extra={"mlflow": {"enabled": False},
+                                               "protocols": {"tiny": TINY_PROTOCOL, "tiny-atomplus": TINY_PLUS,
+                                                             "tiny-longer": TINY_LONGER}})
     monkeypatch.chdir(root)
     from stages import download, zca
     download.main(["--dataset", "digits"])
@@ -275,3 +284,52 @@ def test_ablation_report_names_a_cells_protocol_where_it_is_not_the_usual_one():
     pooled = ablation_report.pooled(cells)  # one recipe: width 128 under cpu and under cpu-wide
     assert "| dm | 10 | width=128 | 0: 47.00, 1: 47.00 | 47.00 ± 0.00 (2) |" in pooled
     assert ablation_report.usual_protocol([{"protocol": None}]) is None
+
+
+def test_paper_script_adds_atomplus_cells_that_differ_from_atom_only_in_the_encoder(project):
+    import paper
+    out = project / "paper-plus"
+    args = ["--dataset", "digits", "--protocol", "tiny", "--ipcs", "1", "--methods", "atom", "--baselines",
+            "--plus", "atom", "--device", "cpu", "--params", "params.yaml", "--out", str(out)]
+    paper.main(args)  # --plus-protocol defaults to tiny-atomplus
+    atom, plus = (json.loads((out / f"{kind}-ipc1.json").read_text()) for kind in ("atom", "atomplus"))
+    assert plus["method"] == "atom" and plus["protocol"] == "tiny-atomplus"
+    assert plus["recipe"]["distill"]["encoder"] == "pool" and plus["recipe"]["distill"]["calibration"] == 1.0
+    assert plus["pool"]["members"] == 2 and "pool" not in atom
+    for sec in ("distill", "evaluate", "validation"):  # nothing else differs: the cells compare the encoder alone
+        strip = lambda r: {k: v for k, v in r[sec].items() if k not in paper.ENCODER_KEYS}  # noqa: E731
+        assert strip(plus["recipe"]) == strip(atom["recipe"]), sec
+    # the pool saw the training part only: the validation split (5 per class) is carved first
+    from atom.io import load_tensors
+    train = load_tensors(project / "data" / "prepared" / "digits.pt")["train_labels"]
+    assert plus["pool"]["images"] == train.numel() - 5 * 10
+    text = (out / "table.md").read_text()
+    assert "| ATOM+ (trained encoders + calibration) | " in text and "protocol `tiny-atomplus`" in text
+    assert "Pool (pool.pt): 2 ConvNets x 1 epochs" in text
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    paper.main(args)  # cells and the pool are reused
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file() and p.name != "table.md"} == \
+        {k: v for k, v in before.items() if k != "table.md"}
+    # in parallel, each worker reads the pool trained once by the parent
+    par = project / "paper-plus-par"
+    paper.main(args[:-1] + [str(par), "--jobs", "2"])
+    from atom.pool import EncoderPool
+    assert EncoderPool.load_file(par / "pool.pt").fingerprint == \
+        json.loads((par / "atomplus-ipc1.json").read_text())["pool"]["fingerprint"]
+
+
+def test_paper_script_refuses_a_plus_protocol_that_changes_more_than_the_encoder(project):
+    import paper
+    base = ["--dataset", "digits", "--protocol", "tiny", "--ipcs", "1", "--methods", "atom", "--baselines",
+            "--device", "cpu", "--params", "params.yaml", "--out", str(project / "nope"), "--plus", "atom"]
+    with pytest.raises(SystemExit, match="differs from --protocol tiny in distill.iterations"):
+        paper.main(base + ["--plus-protocol", "tiny-longer"])
+    with pytest.raises(SystemExit, match="random encoders and no calibration"):
+        paper.main(base + ["--plus-protocol", "tiny"])
+    with pytest.raises(SystemExit, match="'parent-atomplus' is not a key of protocols"):
+        paper.main(base[:3] + ["parent"] + base[4:])
+    with pytest.raises(SystemExit, match="--plus: unknown method 'kip'"):
+        paper.main(base[:-1] + ["kip"])
+    with pytest.raises(SystemExit, match="--pool: missing.pt: not found"):
+        paper.main(base + ["--pool", "missing.pt"])
+    assert not (project / "nope").exists()  # refused before any compute or write

@@ -142,3 +142,21 @@ def test_errors_name_the_setting(small, pool):
     assert len(empty) == 0
     with pytest.raises(ValueError, match="need a trained pool"):
         atom.distill(x, y, ipc=1, encoder="pool", pool=empty, **FAST)
+
+
+def test_bench_pool_quick_smoke(capsys):
+    """benchmarks/bench_pool.py runs end to end: positive rates, whole-pool estimates that scale
+    with members x epochs, and one finite time and ratio per encoder variant."""
+    from benchmarks.bench_pool import PRESETS, VARIANTS, main, preset_sizes
+
+    res = main(["--quick"])
+    assert res["pool"]["images_per_s"] > 0
+    est, sizes = res["pool"]["presets"], preset_sizes()
+    assert set(est) == set(PRESETS) and all(m >= 1 and e >= 1 for m, e in sizes.values())
+    p, q = PRESETS[0], PRESETS[-1]
+    assert est[q] / est[p] == pytest.approx(sizes[q][0] * sizes[q][1] / (sizes[p][0] * sizes[p][1]))
+    (row,) = res["iterations"]
+    assert set(row["seconds"]) == set(VARIANTS) and all(s > 0 for s in row["seconds"].values())
+    assert row["ratio"]["random encoders (paper)"] == 1.0
+    assert all(torch.isfinite(torch.tensor(v)) for v in row["loss"].values())
+    assert "pool + calibration / random" in capsys.readouterr().out
