@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         s, q = r["seconds"], r["ratio"]
         print(f"| {r['ipc']} | {r['synthetic_images']} | {s['random encoders (paper)']:.4f} | {s['pool']:.4f} | "
               f"{s['pool + calibration']:.4f} | {q['pool']:.2f}x | {q['pool + calibration']:.2f}x |")
-    bad = [(r["ipc"], v, l) for r in rows for v, l in r["loss"].items() if not l == l or l in (float("inf"),)]
+    bad = [(r["ipc"], v, l) for r in rows for v, l in r["loss"].items() if not math.isfinite(l)]
     if bad:
         raise SystemExit(f"non-finite losses: {bad}")
     if a.json:
