@@ -166,6 +166,16 @@ def save_tensors(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """Whether a file's first 9 bytes open a safetensors file: a little-endian u64 header length
+    that fits the file, then the JSON header's ``{``. Checked before the pickle test because that
+    length's low byte is 0x80, pickle's first opcode, for one header length in 256."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
 def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """Load a file written by :func:`save_tensors` without executing pickled code (older
     ``torch.save`` files are read with ``torch.load(weights_only=True)``). Raises
@@ -175,8 +185,9 @@ def load_tensors(path: str | os.PathLike, map_location: str | torch.device = "cp
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"PK\x03\x04" or magic[:1] == b"\x80":  # a torch.save zip archive, or a bare pickle
+        head = f.read(9)
+    if not _is_safetensors(head, path.stat().st_size) and (
+            head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # a torch.save zip archive, or a bare pickle
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:

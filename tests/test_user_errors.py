@@ -299,6 +299,21 @@ def test_load_tensors_refuses_pickles_without_passing_on_torchs_advice(tmp_path)
     assert load_tensors(tmp_path / "plain.pt")["w"].sum() == 3
 
 
+def test_every_safetensors_header_length_loads_even_when_it_starts_like_a_pickle(tmp_path):
+    # safetensors opens with its header's length (u64, little-endian); for one length in 256 the
+    # first byte is 0x80, pickle's PROTO opcode: such a file of this project's own must not be
+    # taken for a pickle and refused (a real pool.pt hit this)
+    from atom.io import load_tensors, save_tensors
+
+    first = set()
+    for pad in range(256):  # the metadata grows a byte at a time: every low byte of the length
+        f = save_tensors({"w": torch.arange(3.0), "note": "x" * pad}, tmp_path / f"p{pad}.pt")
+        first.add(f.read_bytes()[0])
+        back = load_tensors(f)
+        assert back["note"] == "x" * pad and torch.equal(back["w"], torch.arange(3.0))
+    assert 0x80 in first
+
+
 def test_a_bad_file_names_the_stage_that_writes_it_again(tmp_path):
     params = tiny_params(BASE)
     runtime._CURRENT[:] = [params]
