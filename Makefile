@@ -4,6 +4,7 @@
 # make bench : side-by-side speed benchmarks
 # make paper : the paper protocol on CIFAR-10 content, with ATOM+ (a GPU; DATASET, IPCS, METHODS, PLUS, PROTOCOL, JOBS)
 # make slurm : the pipeline on a SLURM cluster (profiles/slurm; needs the [slurm] extra)
+# make dvc.yaml : regenerate dvc.yaml from the pipeline's declaration (stages/common/contract.py)
 # Each target creates .venv (pip) when it is missing.
 PYTHON ?= python3
 VENV   := .venv
@@ -40,6 +41,10 @@ run: $(STAMP)
 slurm: $(STAMP)
 	@$(PY) -c 'import snakemake_executor_plugin_slurm' 2>/dev/null || { echo "make slurm: the SLURM executor plugin is missing; install it with: $(PY) -m pip install -e '.[slurm]'" >&2; exit 1; }
 	$(VENV)/bin/snakemake --profile profiles/slurm
+
+# dvc.yaml is generated: after changing a rule in stages/common/contract.py or a command's imports
+dvc.yaml: $(STAMP) $(wildcard stages/*.py stages/common/*.py atom/*.py)
+	$(PY) -m stages.common.dvc_yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

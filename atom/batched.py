@@ -1,7 +1,7 @@
 """Batched multi-seed evaluation: train the networks of several seeds together as one model.
 
 :func:`evaluate_batched` gives the same per-seed results as running
-:func:`atom.training.train_evaluate` once per seed (to float rounding), but trains all seeds'
+:func:`atom.eval_protocol.train_evaluate` once per seed (to float rounding), but trains all seeds'
 networks in one batched forward/backward per step, which keeps an accelerator busy where one
 seed's small batches (|S| = 10..500 images) leave it mostly idle.
 
@@ -48,7 +48,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from .augment import DSA, Draw
-from .training import EvalConfig, check_train_test, summarize, train_evaluate
+from .events import Listener, SeedEvaluated, emit
+from .eval_protocol import EvalConfig, check_train_test, summarize, train_evaluate
 from .networks import build_network
 
 __all__ = ["BatchedNets", "train_batched", "evaluate_batched", "supports_batching", "MODES"]
@@ -128,7 +129,7 @@ def train_batched(train_x: Tensor, train_y: Tensor, *, seeds: list[int], num_cla
                   progress: bool = False, mode: str = "auto") -> BatchedNets:
     """Train one network per seed on (train_x, train_y), all together; return them.
 
-    Consumes each seed's generator exactly like :func:`atom.training.train_evaluate`.
+    Consumes each seed's generator exactly like :func:`atom.eval_protocol.train_evaluate`.
     ``epochs`` (default ``config.epochs``) stops early for tests; the learning-rate schedule
     is still ``config``'s. ``mode`` is one of :data:`MODES`.
     """
@@ -173,11 +174,13 @@ def train_batched(train_x: Tensor, train_y: Tensor, *, seeds: list[int], num_cla
 def evaluate_batched(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
                      seeds: list[int] | tuple[int, ...] = (0, 1, 2, 3, 4), num_classes: int | None = None,
                      device: str | torch.device = "auto", progress: bool = True,
-                     config: EvalConfig | None = None, mode: str = "auto", **kwargs) -> dict:
-    """Like :func:`atom.evaluate.evaluate`, with all seeds trained together.
+                     config: EvalConfig | None = None, mode: str = "auto", on_event: Listener | None = None,
+                     **kwargs) -> dict:
+    """Like :func:`atom.evaluation.evaluate`, with all seeds trained together.
 
     Returns ``{"per_seed", "seeds", "runs", "mean", "std", "n", "batched"}``; each run's
     ``seconds`` is the shared wall time of the batched training. ``mode``: see :data:`MODES`.
+    ``on_event`` gets a :class:`atom.events.SeedEvaluated` per seed.
     """
     if not seeds:
         raise ValueError("seeds: need at least one seed")
@@ -186,8 +189,12 @@ def evaluate_batched(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
     cfg = config or EvalConfig(**kwargs)
     if not supports_batching(cfg.net):
         log.info("batchnorm network: evaluating the %d seeds sequentially", len(seeds))
-        runs = [train_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=s,
-                               device=device, config=cfg) for s in seeds]
+        runs = []
+        for s in seeds:
+            runs.append(train_evaluate(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=s,
+                                       device=device, config=cfg))
+            log.info("seed %d: accuracy %.2f%% (%.1fs)", s, runs[-1]["accuracy"], runs[-1]["seconds"])
+            emit(on_event, SeedEvaluated(s, runs[-1]["accuracy"], runs[-1]["seconds"]))
         accs = [r["accuracy"] for r in runs]
         return {"per_seed": accs, "seeds": list(seeds), "runs": runs, **summarize(accs), "batched": False}
     k, dev = check_train_test(train_x, train_y, test_x, test_y, num_classes, device)
@@ -203,4 +210,5 @@ def evaluate_batched(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
             for a, t, s in zip(accs, train_accs, seeds)]
     for r in runs:
         log.info("seed %d: accuracy %.2f%% (batched, %.1fs for all seeds)", r["seed"], r["accuracy"], seconds)
+        emit(on_event, SeedEvaluated(r["seed"], r["accuracy"], seconds, batched=True))
     return {"per_seed": accs, "seeds": list(seeds), "runs": runs, **summarize(accs), "batched": True}

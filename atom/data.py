@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from .archive import check_member_name, is_archive, safe_copytree, safe_extract
+from .catalog import FACTS
 from .imaging import (IMAGE_EXTENSIONS, MODES, channels, decode_images, decode_raw, imagefolder_layout,
                       list_images, scan_split, stratified_split, to_float)
 from .io import digest
@@ -248,8 +249,8 @@ def _cifar_load(raw_dir: Path, *, name: str, source: str | None = None) -> Image
     return ImageDataset(name, *parts["train"], *parts["test"], classes)
 
 
-for _name, _desc in (("cifar10", "CIFAR-10: 50,000/10,000 32x32 RGB images, 10 classes (torchvision files)"),
-                     ("cifar100", "CIFAR-100: 50,000/10,000 32x32 RGB images, 100 classes (torchvision files)")):
+for _name, _desc in (("cifar10", FACTS["cifar10"].describe("CIFAR-10") + " (torchvision files)"),
+                     ("cifar100", FACTS["cifar100"].describe("CIFAR-100") + " (torchvision files)")):
     register(_name, DatasetSpec(
         lambda raw_dir, _n=_name, **o: _cifar_download(raw_dir, name=_n, **o),
         lambda raw_dir, _n=_name, **o: _cifar_load(raw_dir, name=_n, **o),
@@ -343,7 +344,7 @@ def _tiny_load(raw_dir: Path, *, source: str | None = None, workers: int = 2) ->
 
 
 register("tinyimagenet", DatasetSpec(_tiny_download, _tiny_load,
-                                     "TinyImageNet: 100,000/10,000 64x64 RGB images, 200 classes",
+                                     FACTS["tinyimagenet"].describe("TinyImageNet"),
                                      {"source": None, "workers": 2}))
 
 

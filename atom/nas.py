@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .training import accuracy, train_evaluate
+from .eval_protocol import accuracy, train_evaluate
 from .networks import ACTIVATIONS, NORMS, POOLS
 
 __all__ = ["search_space", "sample_space", "spearman", "kendall", "rank_agreement", "train_candidate",

@@ -100,7 +100,7 @@ class ConvNet(nn.Module):
         self.config = dict(channels=channels, num_classes=num_classes, im_size=im_size, width=width,
                            depth=depth, act=act, norm=norm, pool=pool)
         self.convs, self.norms, self.acts, self.pools = (nn.ModuleList() for _ in range(4))
-        # on the CPU, 2x2 average pooling as a GEMM (avg_pool_2x2); set by atom.distill
+        # on the CPU, 2x2 average pooling as a GEMM (avg_pool_2x2); set by atom.distillation
         self.cpu_kernels = False
         self.winograd = False
         # layers draw a throw-away default init from the global RNG; fork it so that building a

@@ -11,7 +11,7 @@ every matching method alike (the loss is unchanged; only the encoder changes):
   ``encoder="pool"``: the interpolation ``theta = lam * theta_init + (1 - lam) * theta_trained``
   with ``lam ~ U(lo, hi)`` (DANCE/NCFM's, ``lambda_range`` default ``[0, 1]``), or
   ``encoder="trained"``: the trained weights themselves (``lam = 0``);
-- the optional calibration term of :mod:`atom.distill` reads the trained endpoint of the same
+- the optional calibration term of :mod:`atom.distillation` reads the trained endpoint of the same
   member (:meth:`EncoderPool.load_trained`).
 
 Each member's randomness (its initial weights, batch order and augmentation) comes from a
@@ -31,7 +31,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
+from .events import Listener, MemberTrained, emit
 from .io import load_tensors, save_tensors
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
@@ -277,12 +277,13 @@ class EncoderPool:
 
 def train_pool(images: Tensor, labels: Tensor, *, num_classes: int | None = None,
                device: str | torch.device = "auto", state_dir: str | Path | None = None, progress: bool = True,
-               callback: Callable[[int, dict], None] | None = None, **config) -> EncoderPool:
+               on_event: Listener | None = None, **config) -> EncoderPool:
     """Train ``config["models"]`` ConvNets (:class:`PoolConfig` fields) on ``images``/``labels``
     (pass the distillation training split only) and return them as an :class:`EncoderPool`.
 
     With ``state_dir`` every member's progress is saved there after each epoch (and when it is
-    done), and a rerun resumes from it. ``callback(index, member)`` runs as each member ends."""
+    done), and a rerun resumes from it. ``on_event`` gets an :class:`atom.events.MemberTrained`
+    as each member ends."""
     cfg = PoolConfig(**config)
     k = check_dataset(images, labels, num_classes)
     dev = resolve_device(device)
@@ -299,8 +300,7 @@ def train_pool(images: Tensor, labels: Tensor, *, num_classes: int | None = None
         log.info("pool member %d/%d: trained %d epochs in %.1fs, training accuracy %.2f %%", i + 1, cfg.models,
                  cfg.epochs, m["seconds"], m["train_accuracy"])
         members.append(m)
-        if callback is not None:
-            callback(i, m)
+        emit(on_event, MemberTrained(i, cfg.models, float(m["train_accuracy"]), float(m["seconds"])))
     meta = {"config": cfg.to_dict(), "seconds": [float(m["seconds"]) for m in members],
             "train_accuracy": [float(m["train_accuracy"]) for m in members],
             "losses": [[float(v) for v in m["losses"]] for m in members], "images": int(images.shape[0])}

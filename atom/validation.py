@@ -84,9 +84,9 @@ def carve(images: Tensor, labels: Tensor, per_class: int, seed: int, num_classes
 
 def make_validator(val_x: Tensor, val_y: Tensor, *, seeds, num_classes: int, device, **eval_config
                    ) -> Callable[[Tensor, Tensor], float]:
-    """The score ``atom.distill.distill(validator=...)`` expects: the mean validation accuracy
-    of networks trained on the set by :func:`atom.evaluate.evaluate` with ``eval_config``."""
-    from .evaluate import evaluate
+    """The score ``atom.distillation.distill(validator=...)`` expects: the mean validation accuracy
+    of networks trained on the set by :func:`atom.evaluation.evaluate` with ``eval_config``."""
+    from .evaluation import evaluate
 
     def score(images: Tensor, labels: Tensor) -> float:
         return evaluate(images, labels, val_x, val_y, seeds=seeds, num_classes=num_classes, device=device,

@@ -7,7 +7,7 @@ iteration identically), it times one full iteration (loss + backward to the synt
 
 - ``reference``: :class:`benchmarks.reference.ReferenceStep` (DataDAM's structure: a loop
   over classes, one DSA call per class and branch, forward hooks, host ``.item()`` per term);
-- ``project``: :class:`atom.distill.DistillStep` with its defaults (eager);
+- ``project``: :class:`atom.distillation.DistillStep` with its defaults (eager);
 - ``project+compile``: the same with ``compile=True`` (warm-up timed separately);
 - ``project+bf16``: bf16 autocast, CUDA only (skipped on the CPU).
 
@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atom.distill import DistillConfig, DistillStep  # noqa: E402
+from atom.distillation import DistillConfig, DistillStep  # noqa: E402
 from atom.networks import ConvNet  # noqa: E402
 from atom.runtime import configure  # noqa: E402
 from benchmarks.reference import ReferenceStep  # noqa: E402
@@ -78,7 +78,7 @@ def peak_rss_mib() -> float:
 
 def one_iteration(step, syn: torch.Tensor, syn_labels: torch.Tensor, seed: int, dev) -> tuple[float, float]:
     """Seconds for loss + backward, and the loss (read after the clock stops)."""
-    g = torch.Generator(device=dev).manual_seed(seed)  # draws on the device, as atom.distill does
+    g = torch.Generator(device=dev).manual_seed(seed)  # draws on the device, as atom.distillation does
     syn.grad = None
     _sync(dev)
     t = time.perf_counter()

@@ -5,9 +5,9 @@ Trains ConvNet-3 (width 128, InstanceNorm) on a synthetic set of CIFAR-10 shape
 with the evaluation protocol (SGD, batch min(256, |S|), per-image DSA, cross-entropy) for a
 few epochs, three ways in one process with the same allocator and thread settings:
 
-- ``1 seed``: :func:`atom.evaluate.train_evaluate` once;
-- ``N sequential``: :func:`atom.evaluate.evaluate` (one network after the other);
-- ``N batched``: :func:`atom.evaluate.evaluate` with ``batched=True`` (:mod:`atom.batched`),
+- ``1 seed``: :func:`atom.evaluation.train_evaluate` once;
+- ``N sequential``: :func:`atom.evaluation.evaluate` (one network after the other);
+- ``N batched``: :func:`atom.evaluation.evaluate` with ``batched=True`` (:mod:`atom.batched`),
   in both of its modes: ``loop`` (the CPU default) and ``vmap`` (the CUDA default).
 
 It prints wall time per variant, batched/sequential and batched/one-seed ratios, the core
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atom.evaluate import EvalConfig, evaluate, train_evaluate  # noqa: E402
+from atom.evaluation import EvalConfig, evaluate, train_evaluate  # noqa: E402
 from atom.runtime import configure  # noqa: E402
 
 

@@ -11,7 +11,7 @@ width 128, batch_real 128; speed does not depend on pixel values):
    ``spec-atomplus`` 20 x 60). Also in distillation iterations: the pool's cost divided by one
    random-encoder iteration.
 2. **One distillation iteration** (loss + backward to the synthetic pixels) of
-   :class:`atom.distill.DistillStep` with the paper's random encoders, with ``encoder: pool``
+   :class:`atom.distillation.DistillStep` with the paper's random encoders, with ``encoder: pool``
    (a member's initial and trained weights interpolated per iteration) and with
    ``encoder: pool`` + ``calibration`` (the extra cross-entropy forward/backward of the
    synthetic images under the trained expert). Same synthetic set, same seeds per iteration,
@@ -41,11 +41,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atom.distill import DistillConfig, DistillStep  # noqa: E402
+from atom.distillation import DistillConfig, DistillStep  # noqa: E402
 from atom.pool import train_pool  # noqa: E402
 from atom.runtime import configure  # noqa: E402
 from benchmarks.bench_distill import one_iteration, _sync  # noqa: E402
-from stages.params import load_params, protocol_overrides  # noqa: E402
+from stages.common.params import load_params, protocol_overrides  # noqa: E402
 
 # the protocols whose whole pools are estimated (their sizes come from params.yaml)
 PRESETS = ("cpu-wide-pool", "spec-short-atomplus", "spec-atomplus")

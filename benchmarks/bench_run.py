@@ -1,4 +1,4 @@
-"""Benchmark: the user's path, ``atom.distill`` end to end, with the default (``auto``) settings.
+"""Benchmark: the user's path, ``atom.distill()`` end to end, with the default (``auto``) settings.
 
 Times whole distillation runs on random tensors of CIFAR-10 shape (10 classes, 3x32x32,
 batch_real 128, ConvNet-3 width 128, ATOM, the spec's loss), so every cost a user pays is in:
@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from atom.distill import distill  # noqa: E402
+from atom.distillation import distill  # noqa: E402
 from atom.runtime import configure  # noqa: E402
 
 
 def run(ipc: int, warmup: int, iterations: int, device: str, width: int = 128, batch_real: int = 128,
         size: int = 32, seed: int = 0, plan: int = 8000) -> dict:
-    """One ``atom.distill`` run of ``warmup + iterations`` iterations with the settings ``auto``
+    """One ``atom.distill()`` run of ``warmup + iterations`` iterations with the settings ``auto``
     resolves for a ``plan``-iteration run; the clock for the timed part starts when iteration
     ``warmup`` ends (a snapshot callback, which syncs the device)."""
     g = torch.Generator().manual_seed(seed)

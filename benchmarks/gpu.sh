@@ -6,7 +6,7 @@
 #   1. bench_distill: one iteration, the parent-structured reference vs the project's default
 #      (auto) settings and the fixed variants, CIFAR-10 IPC 1/10/50, side by side (Markdown);
 #      it also prints the parent code's own H100 figures next to the reference's;
-#   2. bench_run: atom.distill end to end at IPC 10 with the default settings (8000-iteration
+#   2. bench_run: atom.distill() end to end at IPC 10 with the default settings (8000-iteration
 #      time at the measured rate);
 #   3. bench_evaluate: 5 seeds batched vs 1 seed vs 5 sequential;
 #   4. bench_pool: ATOM+'s cost, the pool stage's training rate (spec-pool's 20 x 60 at that

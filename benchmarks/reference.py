@@ -1,6 +1,6 @@
 """Reference distillation iteration, structured like the parent DataDAM code.
 
-This is the yardstick the project's fast iteration (:class:`atom.distill.DistillStep`) is measured
+This is the yardstick the project's fast iteration (:class:`atom.distillation.DistillStep`) is measured
 and checked against. It deliberately keeps the parent code's shape:
 
 - one augmentation call per class and branch (real, then synthetic, same draw: Siamese);
@@ -12,7 +12,7 @@ and checked against. It deliberately keeps the parent code's shape:
   running loss that way), which on an accelerator stalls the stream once per term.
 
 It consumes the caller's generator exactly as ``DistillStep`` does (network weights, then the real
-batch of every class from :class:`atom.distill.RealSampler`, then one :class:`atom.augment.Draw`
+batch of every class from :class:`atom.distillation.RealSampler`, then one :class:`atom.augment.Draw`
 with a slot per class), so with the
 same generator state both see the same network, the same real images and the same
 augmentation, and their losses and gradients on the synthetic pixels agree to rounding.
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from atom.augment import DSA
-from atom.distill import DistillConfig, RealSampler
+from atom.distillation import DistillConfig, RealSampler
 from atom.networks import ConvNet, init_weights
 
 __all__ = ["ReferenceStep"]

@@ -5,7 +5,7 @@ evaluate the chosen set on the test set.
         --name init-herding --set distill.init=herding
 
 The recipe is what the pipeline would run for that dataset group under the named protocol
-(``stages.params``: the shared sections, the group's overrides, then ``protocols.<protocol>``),
+(``stages.common.params``: the shared sections, the group's overrides, then ``protocols.<protocol>``),
 with the ``--set`` overrides applied to the resolved ``distill`` / ``evaluate`` / ``validation``
 settings (dotted keys, YAML values). Every choice (the iteration kept, and across cells the
 recipe) is made on the validation split carved from the training set; the test set is read
@@ -31,15 +31,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atom.distill import distill  # noqa: E402
-from atom.evaluate import baseline_set, evaluate  # noqa: E402
+from atom.distillation import distill  # noqa: E402
+from atom.evaluation import baseline_set, evaluate  # noqa: E402
 from atom.io import load_tensors, save_tensors, write_json  # noqa: E402
 from atom.formation import decode  # noqa: E402
 from atom.pool import EncoderPool  # noqa: E402
 from atom.selection import rule_of, selected_set  # noqa: E402
 from atom.validation import carve, make_validator  # noqa: E402
-from stages.layout import METHODS, path  # noqa: E402
-from stages.params import distill_kwargs, evaluate_settings, load_params, section, uses_pool  # noqa: E402
+from stages.common.contract import METHODS, path  # noqa: E402
+from stages.common.params import distill_kwargs, evaluate_settings, load_params, section, uses_pool  # noqa: E402
 
 
 def set_key(d: dict, dotted: str, value) -> None:
@@ -128,7 +128,7 @@ def recipe_for(params: dict, dataset: str, method: str, protocol: str | None) ->
     if protocol is not None:
         params["datasets"][dataset]["protocol"] = protocol
     seeds, ev, batched = evaluate_settings(params, dataset, method if method in METHODS else "random")
-    ev["batched"] = batched  # true | false | "auto": atom.evaluate resolves it per device
+    ev["batched"] = batched  # true | false | "auto": atom.evaluation resolves it per device
     dcfg = distill_kwargs(params, dataset, method if method in METHODS else METHODS[0])
     return {"distill": dcfg, "evaluate": dict(ev, seeds=seeds), "validation": section(params, "validation", dataset)}
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atom import viz  # noqa: E402
 from atom.formation import training_set  # noqa: E402
 from atom.io import load_tensors  # noqa: E402
-from stages.layout import PARAMS  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from stages.common.contract import PARAMS  # noqa: E402
+from stages.common.params import load_params  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ each with its validation-selected iteration, one Markdown table.
     python scripts/paper.py ... --set distill.iterations=4000 --set distill.validate_every=500
 
 Every cell runs :func:`ablation.run_cell` on the recipe the pipeline would use for the dataset
-group under ``--protocol`` (``stages.params``): distillation on the training part of the
+group under ``--protocol`` (``stages.common.params``): distillation on the training part of the
 validation split, the best-scoring snapshot kept, then the evaluation protocol's seeds on the
 test set. Each cell's JSON (per-seed values, validation curve, wall times) and
 ``table.md`` land in ``results/paper/<dataset>-<protocol>/``; cells already there are reused,
@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from ablation import apply_overrides, recipe_for, run_cell  # noqa: E402
-from atom.distill import resolve_device  # noqa: E402
+from atom.distillation import resolve_device  # noqa: E402
 from atom.io import load_tensors, write_json, write_text  # noqa: E402
-from stages.layout import LABELS, METHODS, path  # noqa: E402
-from stages.params import load_params, section, uses_pool  # noqa: E402
+from stages.common.contract import LABELS, METHODS, path  # noqa: E402
+from stages.common.params import load_params, section, uses_pool  # noqa: E402
 
 BASELINES = ("random", "selected")
 PLUS = "plus"  # a + cell's kind: the method's name and this suffix (atomplus-ipc10.json)

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atom.evaluate import evaluate  # noqa: E402
+from atom.evaluation import evaluate  # noqa: E402
 from atom.io import load_tensors  # noqa: E402
 from atom.selection import select  # noqa: E402
 from atom.validation import carve  # noqa: E402

@@ -18,31 +18,9 @@ from __future__ import annotations
 
 import sys
 
-from . import runtime
-from .layout import path
-from .params import evaluate_settings, section
-
-RANDOM = "random"
-
-
-def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: int) -> dict:
-    """{name: (images, labels)}: every method's synthetic set at ``ipc``, then the random subset
-    of the same size, drawn as the random baseline draws it."""
-    from atom.evaluate import baseline_set
-    from atom.formation import training_set
-    from atom.io import load_tensors
-    from atom.validation import carve
-
-    out = {}
-    for m in params["experiment"]["methods"]:
-        syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc))
-        out[m] = training_set(syn)  # decoded when distilled with factor > 1
-    val = section(params, "validation", dataset)
-    pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"],
-                                 num_classes)
-    out[RANDOM] = baseline_set(RANDOM, pool_x, pool_y, ipc=ipc, seed=params["runtime"]["seed"],
-                               num_classes=num_classes)
-    return out
+from .common import runner
+from .common.params import evaluate_settings
+from .common.sets import proxy_sets
 
 
 def usable_archs(archs: list[str], cfg: dict, shape, num_classes: int) -> tuple[list[str], dict[str, str]]:
@@ -63,14 +41,15 @@ def usable_archs(archs: list[str], cfg: dict, shape, num_classes: int) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = runtime.parser(__doc__.splitlines()[0], method=False)
+    p = runner.parser(__doc__.splitlines()[0], method=False)
     p.add_argument("--ipc", type=int, required=True, help="images per class of the sets (in crossarch.ipcs)")
     args = p.parse_args(argv)
-    st = runtime.Stage("crossarch", args)
-    ca = st.params["crossarch"]  # st checked --ipc against crossarch.ipcs (stages.preflight.check)
+    st = runner.Stage("crossarch", args)
+    st.remove_stale()
+    ca = st.params["crossarch"]  # st checked --ipc against crossarch.ipcs (stages.common.preflight.check)
     _, cfg, batched = evaluate_settings(st.params, st.dataset, "method")
     cfg.update(epochs=ca["epochs"], batched=batched)
-    from atom.evaluate import evaluate
+    from atom.evaluation import evaluate
     from atom.io import load_tensors, write_json
 
     prep = load_tensors(st.path("prepared"))
@@ -102,4 +81,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

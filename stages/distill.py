@@ -1,28 +1,32 @@
 """Stage `distill`: learn one synthetic set (one dataset x method x ipc; spec section 2).
 
-    python -m stages.distill --dataset digits --method atom --ipc 10
+    python -m stages.distill --dataset digits --method atom --ipc 10 [--keep-checkpoint]
 
 Reads ``<paths.prepared>/<dataset>.pt`` (and, when ``distill.encoder`` is not ``random`` or
-``distill.calibration`` > 0, the pool stage's ``<paths.results>/pool/<dataset>/pool.pt``) and the ``distill`` section (merged with the dataset
-group's overrides; the loss constants of ``distill.loss.<method>``; seed ``runtime.seed``;
-augmentation ``dsa``), calls ``atom.distill.distill`` and writes, under
-``<paths.results>/distill/<dataset>/<method>/ipc<k>/``:
+``distill.calibration`` > 0, the pool stage's ``<paths.results>/pool/<dataset>/pool.pt``) and
+the ``distill`` section (merged with the dataset group's and its protocol's overrides; the loss
+constants of ``distill.loss.<method>``; seed ``runtime.seed``; augmentation ``dsa``), calls
+:func:`atom.distill` and writes, under ``<paths.results>/distill/<dataset>/<method>/ipc<k>/``:
 
-- ``synthetic.pt``  {images, labels, classes, dataset, method, ipc, config, iteration} (preprocessed
-                    space): the set with the best validation score (``validation``), else the last
+- ``synthetic.pt``  {images, labels, classes, dataset, method, ipc, config, iteration}
+                    (preprocessed space): the set with the best validation score
+                    (``validation``), else the last
 - ``last.pt``       the set of the last iteration, in the same format
+- ``loss.csv``      iteration,loss
 - ``val_curve.csv`` iteration,accuracy of the validation scores (header only without a split)
+- ``metrics.json``  numbers only: final loss, iterations, best iteration, ... (`dvc metrics`)
+- ``info.json``     dataset, method, ipc, device
+
 and, under ``<paths.state>/distill/<dataset>/<method>/ipc<k>/`` (never a declared output, so
 neither Snakemake nor DVC deletes it before a rerun):
 
-- ``checkpoint.pt`` the resumable state: a rerun (after a kill) resumes from it when its
-                    configuration and code match, logging "resumed from <path> at iteration N",
-                    and starts afresh when they do not
-- ``checkpoint.json`` the code digest and the run's seconds at each checkpoint (timings count
-                    the whole run across resumes)
-- ``loss.csv``      iteration,loss
-- ``metrics.json``  numbers only: final loss, iterations, best iteration, ... (`dvc metrics`)
-- ``info.json``     dataset, method, ipc, device
+- ``checkpoint.pt``   the resumable state: a rerun (after a kill) resumes from it when its
+                      settings match and it was made by the same distillation code (this
+                      command and the ``atom/`` files it runs: :func:`stages.common.codedeps.
+                      library_deps`), logging "resumed from <path> at iteration N"; otherwise it
+                      starts afresh (``--keep-checkpoint`` resumes across a code edit)
+- ``checkpoint.json`` that code's digest and the run's seconds at each checkpoint (timings
+                      count the whole run across resumes)
 
 The validation split (``validation.per_class`` images per class, seed ``validation.seed``) is
 carved from the training images before distillation, which never samples it; the test images
@@ -30,36 +34,100 @@ are never read here.
 
 MLflow: a run opened before the compute, with the params; the loss (metric ``loss``, every
 ``log_every`` iterations as they happen, the other steps at the end) and validation scores
-(``val_accuracy``) streamed live; at the end the timings, the class grid and synthetic.pt.
+(``val_accuracy``) streamed live from the library's events (:mod:`atom.events`); at the end
+the timings, loss.csv and synthetic.pt, and the tag ``synthetic_sha256`` by which the
+visualize stage finds this run to add the picture of its set (``grid.png``).
 """
 from __future__ import annotations
 
+import json
+import logging
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-from . import runtime
-from .layout import METHODS
-from .params import distill_kwargs, evaluate_settings, section, uses_pool
-from .recovery import LOSS_RECORD, VALIDATION_RECORDS, RunClock, code_digest
-from .stream import MetricStream
+from .common import runner
+from .common.codedeps import code_digest
+from .common.contract import METHODS
+from .common.params import distill_kwargs, evaluate_settings, section, uses_pool
+from .common.tracking import MetricStream
+
+
+class RunClock:
+    """Wall-clock seconds of one distillation across kills and resumes, kept in
+    ``checkpoint.json`` beside the checkpoint: the seconds at every checkpoint (from the
+    library's :class:`atom.events.Checkpointed` and :class:`atom.events.Resumed` events) and
+    ``code``, the digest of the code that made the checkpoint (a checkpoint made by other code
+    is not resumed). Called with each event; :attr:`seconds` is the whole run's time."""
+
+    def __init__(self, meta_path: Path, code: str):
+        self.meta_path, self.code = Path(meta_path), code
+        self.at: dict[str, float] = {}
+        self.resumed_from = 0
+        self.prior = 0.0
+        self.t0 = time.perf_counter()
+
+    def stored_code(self) -> str | None:
+        """The code digest stored beside the checkpoint (None: no record)."""
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        self.at = {str(k): float(v) for k, v in meta.get("seconds_at", {}).items()}
+        return meta.get("code")
+
+    @property
+    def seconds(self) -> float:
+        return self.prior + time.perf_counter() - self.t0
+
+    def start(self) -> None:
+        """An attempt starts now (the clock counts from here, plus what a resume restores)."""
+        self.t0 = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        from atom.events import Checkpointed, Resumed
+
+        if isinstance(event, Resumed):
+            self.resumed_from = event.iteration
+            done = [int(k) for k in self.at if int(k) <= event.iteration]
+            self.prior = self.at[str(max(done))] if done else 0.0
+        elif isinstance(event, Checkpointed):
+            self.at = {k: v for k, v in self.at.items() if int(k) < event.iteration}
+            self.at[str(event.iteration)] = self.seconds
+            try:
+                self.save()
+            except OSError as exc:
+                logging.getLogger("stages").warning("%s: cannot record the run's time (%s)", self.meta_path, exc)
+
+    def save(self) -> None:
+        """Write the code digest and the seconds at each checkpoint so far."""
+        from atom.io import write_json
+
+        write_json({"code": self.code, "seconds_at": self.at}, self.meta_path)
+
+    def forget(self) -> None:
+        """The checkpoint was discarded: start the clock afresh."""
+        self.at, self.prior, self.resumed_from = {}, 0.0, 0
+        self.meta_path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = runner.parser(__doc__.splitlines()[0])
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="resume from a checkpoint that other distillation code made (after an edit you know does "
+                        "not change the computation); its settings must still match")
+    args = p.parse_args(argv)
     if args.method not in METHODS or args.ipc is None:
         raise ValueError(f"--method/--ipc: distill needs a method in {METHODS} and an ipc, "
                          f"got {args.method!r}, {args.ipc!r}")
-    st = runtime.Stage("distill", args)
-    st.remove_stale("synthetic", "last", "loss_csv", "val_curve", "distill_metrics", "distill_info", "checkpoint",
-                    "checkpoint_meta")
+    st = runner.Stage("distill", args)
+    st.remove_stale()
     kwargs = distill_kwargs(st.params, st.dataset, st.method)
     run = st.start_run(st.method, st.ipc)  # RUNNING from here on; FAILED if anything below raises
     run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, **kwargs})
-    from atom import viz
-    from atom.distill import CheckpointMismatchError, distill
-    from atom.formation import decode
-    from atom.io import load_tensors, save_tensors, write_json, write_text
+    from atom.distillation import CheckpointMismatchError, distill
+    from atom.events import Progress, Validated
+    from atom.io import load_tensors, save_tensors, sha256, write_json, write_text
     from atom.validation import carve, make_validator
 
     prep = load_tensors(st.path("prepared"))  # only the training images are read below
@@ -80,15 +148,26 @@ def main(argv: list[str] | None = None) -> None:
                 st.dataset, st.method, st.ipc, device, kwargs, train_x.shape[0],
                 0 if val_x is None else val_x.shape[0])
 
-    clock = RunClock(st.path("checkpoint_meta"), kwargs["checkpoint_every"], code_digest("distill"))
+    # the checkpoint is kept only for the code distillation runs (stages.common.codedeps)
+    clock = RunClock(st.path("checkpoint_meta"), code_digest("distill"))
     if not ckpt.exists():
         st.log.info("no checkpoint at %s: starting at iteration 0", ckpt)
     elif clock.stored_code() not in (None, clock.code):
-        st.log.warning("%s: made by other code (atom/ or stages/ changed since); discarding it", ckpt)
-        ckpt.unlink()
-        clock.forget()
-    stream = MetricStream(run, {LOSS_RECORD: lambda a: ("loss", a[2], a[0]),
-                                **{f: (lambda a: ("val_accuracy", a[1], a[0])) for f in VALIDATION_RECORDS}})
+        if args.keep_checkpoint:
+            st.log.warning("%s: made by other code (the distillation code changed since); kept, as "
+                           "--keep-checkpoint asks", ckpt)
+            clock.save()  # the checkpoint now counts as this code's
+        else:
+            st.log.warning("%s: made by other code (the distillation code changed since); discarding it (rerun "
+                           "with --keep-checkpoint to resume from it)", ckpt)
+            ckpt.unlink()
+            clock.forget()
+    stream = MetricStream(run, {Progress: lambda e: ("loss", e.loss, e.iteration),
+                                Validated: lambda e: ("val_accuracy", e.score, e.iteration)})
+
+    def on_event(event) -> None:  # the library's reports: the clock and the live metrics
+        clock(event)
+        stream(event)
 
     pool = None
     if uses_pool(kwargs):  # the pool stage's trained encoders
@@ -100,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         run.log_params({"pool_fingerprint": pool.fingerprint})
 
     def attempt():
-        with clock.attach(), stream.attach("atom.distill"):
-            return distill(train_x, train_y, ipc=st.ipc, method=st.method, num_classes=k, device=device,
-                           checkpoint_path=ckpt, resume=True, progress=True, validator=validator, pool=pool,
-                           **kwargs)
+        clock.start()
+        return distill(train_x, train_y, ipc=st.ipc, method=st.method, num_classes=k, device=device,
+                       checkpoint_path=ckpt, resume=True, progress=True, validator=validator, pool=pool,
+                       on_event=on_event, **kwargs)
 
     try:
         res = attempt()
@@ -147,20 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     run.log_metrics({k: metrics[k] for k in ("final_loss", "tail_mean_loss", "seconds", "seconds_per_iteration",
                                              "best_iteration", "best_val_accuracy", "resumed_from")
                      if metrics[k] is not None})
+    # the visualize stage finds this run by its set's bytes and adds the set's picture to it
+    run.set_tag("synthetic_sha256", sha256(st.path("synthetic")))
     if run.run_id:
-        with tempfile.TemporaryDirectory() as tmp:
-            vz = st.params["visualize"]
-            grid = viz.plot_class_grid(*decode(res.best_images, res.labels, int(res.config.get("factor", 1))),
-                                       prep["state"], Path(tmp) / "grid.png", classes=prep["classes"],
-                                       real=(prep["train_images"], prep["train_labels"]),
-                                       max_per_class=vz["max_per_class"], min_cell=vz["grid_cell"],
-                                       title=f"{st.dataset}: {st.method}, IPC {st.ipc}",
-                                       subtitle=f"iteration {best_it} kept", dpi=vz["dpi"])
-            run.log_artifact(grid)
         run.log_artifact(st.path("loss_csv"))
         if st.params["mlflow"]["log_synthetic"]:
             run.log_artifact(st.path("synthetic"))
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

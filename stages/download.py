@@ -17,14 +17,14 @@ from __future__ import annotations
 import sys
 import time
 
-from . import runtime
-from .params import ParamsError, class_size_problem
+from .common import runner
+from .common.params import ParamsError, class_size_problem
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = runtime.Stage("download", args)
-    st.remove_stale("raw", "download_metrics", "download_info")  # a killed extraction's temp folders
+    args = runner.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runner.Stage("download", args)
+    st.remove_stale()  # a killed extraction's temp folders
     ds = st.params["datasets"][st.dataset]
     run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
     run.log_params({"loader": ds["loader"], "options": ds["options"]})
@@ -57,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

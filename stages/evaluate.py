@@ -25,18 +25,62 @@ from __future__ import annotations
 
 import sys
 
-from . import runtime
-from .layout import BASELINES, METHODS, eval_path
-from .params import evaluate_settings, section
-from .stream import MetricStream
-from .tracking import run_name
+from .common import runner
+from .common.contract import BASELINES, METHODS, eval_path
+from .common.params import evaluate_settings, section
+from .common.tracking import MetricStream, run_name
 
-# atom.evaluate's and atom.batched's log line per seed
-SEED_RECORDS = ("seed %d: accuracy %.2f%% (%.1fs)", "seed %d: accuracy %.2f%% (batched, %.1fs for all seeds)")
+
+# The training set of each rule of the family; a rule's code is its own branch's imports (and
+# the module's shared ones), never another's (stages.common.codedeps).
+
+def synthetic_set(st: runner.Stage, prep: dict):
+    """Rule ``evaluate``: a distilled set as a network trains on it (decoded when factor > 1)."""
+    from atom.formation import training_set
+    from atom.io import load_tensors
+
+    return training_set(load_tensors(st.path("synthetic")))
+
+
+def whole_set(st: runner.Stage, prep: dict):
+    """Rule ``evaluate_full``: every training image."""
+    return prep["train_images"], prep["train_labels"]
+
+
+def random_set(st: runner.Stage, prep: dict):
+    """Rule ``evaluate_random``: ``ipc`` random real images per class of distillation's training
+    part, with distillation's seed (the draw ``init: real`` starts from at factor 1)."""
+    from atom.evaluation import baseline_set
+    from atom.validation import carve
+
+    k = len(prep["classes"])
+    val = section(st.params, "validation", st.dataset)
+    pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"], k)
+    return baseline_set("random", pool_x, pool_y, ipc=st.ipc, seed=st.params["runtime"]["seed"], num_classes=k)
+
+
+def selected_set(st: runner.Stage, prep: dict):
+    """Rule ``evaluate_selected``: distillation's start by ``distill.init``'s selection rule; with
+    ``distill.factor`` > 1, ipc mosaics of factor**2 selected images per class, decoded."""
+    from atom.formation import decode
+    from atom.selection import rule_of, selected_set as select
+    from atom.validation import carve
+
+    k = len(prep["classes"])
+    val = section(st.params, "validation", st.dataset)
+    pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"], k)
+    dist = section(st.params, "distill", st.dataset)
+    return decode(*select(pool_x, pool_y, st.ipc, rule_of(dist["init"]), factor=dist["factor"],
+                          seed=st.params["runtime"]["seed"], num_classes=k, device=st.resolved_device(),
+                          net=dist["net"], **dist["init_options"]), dist["factor"])
+
+
+SETS = {"evaluate": synthetic_set, "evaluate_full": whole_set, "evaluate_random": random_set,
+        "evaluate_selected": selected_set}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = runner.parser(__doc__.splitlines()[0]).parse_args(argv)
     if args.method is None:
         raise ValueError(f"--method: required, one of {METHODS + BASELINES}")
     if args.method == "full":
@@ -44,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--ipc: the full baseline takes no ipc")
     elif args.ipc is None:
         raise ValueError(f"--ipc: required for {args.method!r}")
-    st = runtime.Stage("evaluate", args)
+    st = runner.Stage("evaluate", args)
+    st.remove_stale()
     out = eval_path(st.params, st.dataset, st.method, st.ipc)
-    st.remove_stale(out, eval_path(st.params, st.dataset, st.method, st.ipc, info=True))
     seeds, cfg, batched = evaluate_settings(st.params, st.dataset, st.method)
     if st.method == "full":  # its own epochs and seeds: say so, a shortened `evaluate` does not shorten it
         st.log.info("the whole-set baseline trains with evaluate.full: epochs %d, seeds %s (evaluate.epochs and "
@@ -54,41 +98,22 @@ def main(argv: list[str] | None = None) -> None:
     parent = st.start_run(st.method, st.ipc)  # RUNNING from here on; FAILED if anything below raises
     parent.log_params({"dataset": st.dataset, "method": st.method, **({"ipc": st.ipc} if st.ipc is not None else {}),
                        "seeds": seeds, "batched": batched, **cfg})
-    from atom.evaluate import baseline_set, evaluate
+    from atom.events import SeedEvaluated
+    from atom.evaluation import evaluate
     from atom.io import load_tensors, write_json
 
     prep = load_tensors(st.path("prepared"))
     k = len(prep["classes"])
-    if st.method in METHODS:
-        from atom.formation import training_set
-        train_x, train_y = training_set(load_tensors(st.path("synthetic")))  # decoded when factor > 1
-    elif st.method == "full":
-        train_x, train_y = prep["train_images"], prep["train_labels"]
-    else:  # random, selected: from distillation's training part, with distillation's seed
-        from atom.formation import decode
-        from atom.selection import rule_of, selected_set
-        from atom.validation import carve
-
-        val, seed = section(st.params, "validation", st.dataset), st.params["runtime"]["seed"]
-        pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"], k)
-        if st.method == "random":
-            train_x, train_y = baseline_set("random", pool_x, pool_y, ipc=st.ipc, seed=seed, num_classes=k)
-        else:
-            # distillation's start: with distill.factor > 1, ipc mosaics of factor**2 images per class
-            dist = section(st.params, "distill", st.dataset)
-            train_x, train_y = decode(*selected_set(pool_x, pool_y, st.ipc, rule_of(dist["init"]), factor=dist["factor"],
-                                                    seed=seed, num_classes=k, device=st.resolved_device(),
-                                                    net=dist["net"], **dist["init_options"]), dist["factor"])
+    train_x, train_y = SETS[st.rule](st, prep)
     device = st.resolved_device()
     from atom.speed import resolve_batched
     batched = resolve_batched(batched, device)
     st.log.info("evaluating %s: %d images, seeds %s, %s", run_name(None, st.dataset, st.method, st.ipc),
                 train_x.shape[0], seeds, cfg)
-    # each seed's accuracy as it finishes (atom.evaluate logs it): metric seed_accuracy, step = seed
-    stream = MetricStream(parent, {f: (lambda a: ("seed_accuracy", a[1], a[0])) for f in SEED_RECORDS})
-    with stream.attach("atom.evaluate", "atom.batched"):
-        res = evaluate(train_x, train_y, prep["test_images"], prep["test_labels"], seeds=seeds, num_classes=k,
-                       device=device, progress=True, batched=batched, **cfg)
+    # each seed's accuracy as it finishes: metric seed_accuracy, step = seed
+    stream = MetricStream(parent, {SeedEvaluated: lambda e: ("seed_accuracy", e.accuracy, e.seed)})
+    res = evaluate(train_x, train_y, prep["test_images"], prep["test_labels"], seeds=seeds, num_classes=k,
+                   device=device, progress=True, batched=batched, on_event=stream, **cfg)
     runs = [{key: r[key] for key in ("seed", "accuracy", "train_accuracy", "seconds") if key in r}
             for r in res["runs"]]
     # numbers only (`dvc metrics diff` / `dvc exp show`), per seed under the seed's name; no
@@ -115,4 +140,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

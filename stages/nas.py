@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import sys
 
-from . import runtime
-from .crossarch import proxy_sets
-from .params import evaluate_settings, section
-
-FULL = "full"
-
+from .common import runner
+from .common.params import evaluate_settings, section
+from .common.sets import FULL, proxy_sets, set_name
 
 def candidates(params: dict, im_size: int) -> tuple[int, list[tuple[int, dict]]]:
     """(size of the fitting space, [(index in it, configuration)] of every candidate in space order)."""
@@ -36,16 +33,12 @@ def candidates(params: dict, im_size: int) -> tuple[int, list[tuple[int, dict]]]
     return len(space), [(i, space[i]) for i in sample_space(len(space), nas["sample"], nas["seed"])]
 
 
-def set_name(name: str, ipc: int) -> str:
-    """Key of a proxy set in the results: ``<method|random>/ipc<k>``; the whole set is ``full``."""
-    return f"{name}/ipc{ipc}"
-
-
 def main(argv: list[str] | None = None) -> None:
-    p = runtime.parser(__doc__.splitlines()[0], method=False)
+    p = runner.parser(__doc__.splitlines()[0], method=False)
     p.add_argument("--shard", type=int, required=True, help="shard index, one of nas.shards")
     args = p.parse_args(argv)
-    st = runtime.Stage("nas", args, log_name=f"{args.dataset}-shard{args.shard}")
+    st = runner.Stage("nas", args)
+    st.remove_stale()
     nas = st.params["nas"]
     if args.shard not in nas["shards"]:
         raise ValueError(f"--shard: {args.shard} is not one of nas.shards {nas['shards']}")
@@ -94,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

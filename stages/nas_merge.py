@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 import sys
 
-from . import runtime
-from .layout import nas_shards, path
-from .nas import FULL, set_name
+from .common import runner
+from .common.contract import path
+from .common.sets import FULL, set_name
 
 
 def merge_shards(params: dict, dataset: str) -> list[dict]:
     """The candidates' rows of every shard, in space order; raise if one is missing or doubled."""
     rows, nas = [], params["nas"]
-    for i in nas_shards(params):
+    for i in nas["shards"]:
         file = path(params, "nas_shard", dataset=dataset, shard=i)
         if not file.is_file():
             raise ValueError(f"{file}: missing NAS shard {i} of {nas['shards']}; run `python -m stages.nas "
@@ -70,8 +70,9 @@ def summarize(rows: list[dict], proxies: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = runtime.Stage("nas_merge", args)
+    args = runner.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runner.Stage("nas_merge", args)
+    st.remove_stale()
     nas = st.params["nas"]
     from atom.io import write_json, write_text
     from atom.viz import plot_proxy_scatter
@@ -117,4 +118,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

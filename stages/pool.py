@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import sys
 
-from . import runtime
-from .params import section
+from .common import runner
+from .common.params import section
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = runtime.Stage("pool", args)
-    st.remove_stale("pool", "pool_metrics", "pool_info")
+    args = runner.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runner.Stage("pool", args)
+    st.remove_stale()
     cfg = section(st.params, "pool", st.dataset)
     net = section(st.params, "distill", st.dataset)["net"]
     val = section(st.params, "validation", st.dataset)
     run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
     run.log_params({"dataset": st.dataset, **{f"pool.{k}": v for k, v in cfg.items()}, "net": net})
+    from atom.events import MemberTrained
     from atom.io import load_tensors, write_json
     from atom.pool import train_pool
     from atom.validation import carve
@@ -49,12 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     st.log.info("pool for %s: %d members x %d epochs of %s on %d training images (%s)", st.dataset, cfg["models"],
                 cfg["epochs"], net, train_x.shape[0], device)
 
-    def ended(i: int, member: dict) -> None:
-        run.log_metrics({"train_accuracy": float(member["train_accuracy"]), "seconds": float(member["seconds"])},
-                        step=i)
+    def ended(event: MemberTrained) -> None:  # each member's numbers as it ends
+        run.log_metrics({"train_accuracy": event.train_accuracy, "seconds": event.seconds}, step=event.index)
 
     pool = train_pool(train_x, train_y, num_classes=k, device=device, state_dir=st.path("pool_state"),
-                      progress=True, callback=ended, net=net, dsa_params=dict(st.params["dsa"]), **cfg)
+                      progress=True, on_event=ended, net=net, dsa_params=dict(st.params["dsa"]), **cfg)
     pool.save(st.path("pool"))
     acc = pool.meta["train_accuracy"]
     write_json({"members": len(pool), "epochs": cfg["epochs"], "images": int(train_x.shape[0]),
@@ -66,4 +66,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

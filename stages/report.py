@@ -6,7 +6,7 @@ Reads every evaluation (``<paths.results>/evaluate/...``) and distillation metri
 experiment matrix and writes ``<paths.results>/report/summary.md`` (per dataset: methods and
 baselines x ipc as mean +- std over n seeds, the paper's numbers from the spec's section 8
 where the dataset has them, the ordering checks, the method x architecture table of the
-crossarch stage and the NAS table of nas_merge: :mod:`stages.tables`) and ``summary.json`` (the same, with
+crossarch stage and the NAS table of nas_merge) and ``summary.json`` (the same, with
 every per-seed value), and ``summary.csv`` (the results table, one row per evaluation, for
 Snakemake's ``--report``). MLflow: one `report` run per dataset with the means and the files.
 """
@@ -16,10 +16,10 @@ import argparse
 import json
 import sys
 
-from . import runtime, tables
-from .layout import LABELS, METHODS, PARAMS, eval_path, evaluations, experiments, path
-from .params import protocol, section
-from .tracking import git_commit
+from .common import runner
+from .common.contract import LABELS, METHODS, PARAMS, eval_path, evaluations, experiments, path
+from .common.params import protocol, section
+from .common.tracking import git_commit
 
 # the order of METHODS + random is the ordering the paper reports
 RANKED = METHODS + ("random",)
@@ -33,6 +33,56 @@ POOL_TEXT = {"avg": "average pooling", "max": "max pooling", "none": "no pooling
 # one H100 gave the paper's ATOM > DataDAM > DM)
 SHORT_RUN = 2000
 
+
+# ----------------------------------------------------------------- cross-architecture and NAS tables
+
+ARCH_LABELS = {"convnet": "ConvNet", "alexnet": "AlexNet", "vgg11": "VGG-11", "resnet18": "ResNet-18"}
+
+
+def collect_tables(params: dict, dataset: str) -> dict:
+    """{"crossarch": [metrics per crossarch ipc], "nas": nas_merge's metrics}."""
+    cross = [json.loads(path(params, "crossarch", dataset=dataset, ipc=k).read_text())
+             for k in params["crossarch"]["ipcs"]]
+    return {"crossarch": cross, "nas": json.loads(path(params, "nas_json", dataset=dataset).read_text())}
+
+
+def _net(c: dict) -> str:
+    return f"{c['depth']}x{c['width']} {c['act']}/{c['norm']}/{c['pool']}"
+
+
+def tables_markdown(data: dict, labels: dict, dec: int) -> list[str]:
+    """Markdown lines: a method x architecture table per ipc, then the NAS table."""
+    out = []
+    for m in data["crossarch"]:
+        archs = m["archs"]
+        out += [f"Cross-architecture, IPC {m['ipc']} (test accuracy %, mean ± std over seeds {m['seeds']}, "
+                f"{m['epochs']} epochs each):", "",
+                "| set | " + " | ".join(ARCH_LABELS.get(a, a) for a in archs) + " |",
+                "| --- |" + " --- |" * len(archs)]
+        for name in m["sets"]:
+            r = m["results"][name]
+            out.append(f"| {labels.get(name, name)} | "
+                       + " | ".join(f"{r[a]['mean']:.{dec}f} ± {r[a]['std']:.{dec}f}" for a in archs) + " |")
+        out.append("")
+        for arch, why in (m.get("skipped") or {}).items():
+            out += [f"{ARCH_LABELS.get(arch, arch)} left out: {why}.", ""]
+    nas = data["nas"]
+    out += [f"NAS proxy: {nas['candidates']} candidate ConvNets (sample {nas['sample']}, seed {nas['seed']}), each "
+            f"trained {nas['proxy_epochs']} epochs on the proxy and {nas['full_epochs']} on the whole training part; "
+            "ranked by validation accuracy; the pick's and the best candidate's whole-data test accuracy (%):", "",
+            "| proxy | Spearman | Kendall | pick: whole-data test | best: whole-data test | proxy time (s) "
+            "| whole-data time (s) | pick | best |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, v in nas["proxies"].items():
+        method, _, ipc = name.partition("/ipc")
+        out.append(f"| {labels.get(method, method)} IPC {ipc} | {v['spearman']:.3f} | {v['kendall']:.3f} | "
+                   f"{v['picked']['full_test_accuracy']:.{dec}f} | {v['best']['full_test_accuracy']:.{dec}f} | "
+                   f"{v['proxy_seconds']:.0f} | {v['full_seconds']:.0f} | {_net(v['picked']['config'])} | "
+                   f"{_net(v['best']['config'])} |")
+    return out + [""]
+
+
+# ------------------------------------------------------------------------------------ the report
 
 def net_text(net: dict) -> str:
     """A ConvNet's settings as words: ``ConvNet-3, 128 channels, ReLU, instance norm, average pooling``."""
@@ -76,7 +126,7 @@ def collect(params: dict, dataset: str) -> dict:
             checks.append({"check": f"ordering at IPC {ipc}", "order": order,
                            "passed": order == [m for m in RANKED if m in present]})
     return {"rows": rows, "distill": distilled, "paper": params["datasets"][dataset]["paper"], "checks": checks,
-            **tables.collect(params, dataset)}
+            **collect_tables(params, dataset)}
 
 
 def dataset_note(params: dict, dataset: str) -> str:
@@ -161,7 +211,7 @@ def markdown(params: dict, summary: dict) -> str:
                 + (f" (kept: {d['best_iteration']}{', its start' if d['best_iteration'] == 0 else ''})"
                    if d.get("best_iteration") is not None else "")
                 for d in s["distill"]) + ".", ""]
-        out += [""] + tables.markdown(s, {**LABELS, **labels}, dec)
+        out += [""] + tables_markdown(s, {**LABELS, **labels}, dec)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -179,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default=PARAMS, help="params file (default: params.yaml)")
     args = p.parse_args(argv)
-    st = runtime.Stage("report", args, log_name="summary")
-    st.remove_stale("summary_md", "summary_json", "summary_csv")
+    st = runner.Stage("report", args)
+    st.remove_stale()
     from atom.io import write_json, write_text
 
     # no commit or time stamp: the same results give the same bytes (MLflow tags the commit)
@@ -200,4 +250,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

@@ -10,7 +10,8 @@
         -> <paths.results>/visualize/digits/accuracy.png, accuracy.csv (accuracy vs ipc for
            every method and baseline in the experiment matrix)
 
-Settings: the ``visualize`` section. MLflow: the pictures as artifacts of a `visualize` run.
+Settings: the ``visualize`` section. MLflow: the pictures as artifacts of a `visualize` run;
+the grid also goes to the distill run that made the set (found by its ``synthetic_sha256`` tag).
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ import io
 import json
 import sys
 
-from . import runtime
-from .layout import LABELS, METHODS, eval_path, evaluations
+from .common import runner
+from .common.contract import LABELS, METHODS, eval_path, evaluations
 
 
 
 def grid_caption(params: dict, dataset: str, method: str, ipc: int, record: dict) -> tuple[str, str]:
     """The picture's title and the run that made it (protocol, seed, iteration kept)."""
-    from .params import protocol, section
+    from .common.params import protocol, section
 
     d = section(params, "distill", dataset)
     factor = int((record.get("config") or {}).get("factor", 1))
@@ -39,10 +40,11 @@ def grid_caption(params: dict, dataset: str, method: str, ipc: int, record: dict
     return title, sub
 
 
-def experiment_pictures(st: runtime.Stage) -> None:
+def set_pictures(st: runner.Stage) -> None:
+    """Rule ``visualize``: the grid, the loss curve and the ImageFolder export of one set."""
     from atom import viz
     from atom.formation import training_set
-    from atom.io import load_tensors
+    from atom.io import load_tensors, sha256
 
     vz = st.params["visualize"]
     syn = load_tensors(st.path("synthetic"))
@@ -64,17 +66,24 @@ def experiment_pictures(st: runtime.Stage) -> None:
                          steps=[int(r["iteration"]) for r in rows], validation=val,
                          chosen=int(syn["iteration"]) if val else None,
                          title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
-    state = load_tensors(st.path("state"))
-    folder = viz.export_imagefolder(syn["images"], syn["labels"], state["state"], st.path("images"),
-                                    classes=state["classes"], scale=vz["png_scale"])
+    pre = load_tensors(st.path("preprocess"))
+    folder = viz.export_imagefolder(syn["images"], syn["labels"], pre["state"], st.path("images"),
+                                    classes=pre["classes"], scale=vz["png_scale"])
     st.log.info("wrote %s, %s and %d images under %s", grid, loss, syn["images"].shape[0], folder)
-    with st.tracker().run("visualize", st.method, st.ipc) as run:
+    tracker = st.tracker()
+    with tracker.run("visualize", st.method, st.ipc) as run:
         run.log_params(vz)
         run.log_artifact(grid)
         run.log_artifact(loss)
+    # the picture of the set beside the set in the distill run that made it (the newest such)
+    made = tracker.find_runs("FINISHED", stage="distill", dataset=st.dataset, method=st.method, ipc=str(st.ipc),
+                             synthetic_sha256=sha256(st.path("synthetic")))
+    if made:
+        tracker.attach(made[0].info.run_id, grid)
 
 
-def accuracy_plot(st: runtime.Stage) -> None:
+def accuracy_plot(st: runner.Stage) -> None:
+    """Rule ``accuracy``: test accuracy by IPC of every method and baseline of the matrix."""
     from atom import viz
     from atom.io import write_text
 
@@ -103,19 +112,18 @@ def accuracy_plot(st: runtime.Stage) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = runner.parser(__doc__.splitlines()[0]).parse_args(argv)
     if (args.method is None) != (args.ipc is None):
         raise ValueError("--method/--ipc: give both (one synthetic set) or neither (the accuracy plot)")
     if args.method is not None and args.method not in METHODS:
         raise ValueError(f"--method: visualize draws synthetic sets of {METHODS}, got {args.method!r}")
-    st = runtime.Stage("visualize", args)
-    if st.method is None:
-        st.remove_stale("accuracy_png", "accuracy_csv")
+    st = runner.Stage("visualize", args)
+    st.remove_stale()  # what killed writes left
+    if st.rule == "accuracy":
         accuracy_plot(st)
     else:
-        st.remove_stale("grid", "loss_png", "images")  # what killed writes left
-        experiment_pictures(st)
+        set_pictures(st)
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

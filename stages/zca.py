@@ -5,21 +5,22 @@
 Loads ``<paths.raw>/<dataset>/`` with ``atom.data.load``, fits ``atom.preprocess.fit`` on the
 training images once (``datasets.<dataset>.preprocess``), applies the same transform to train
 and test, and writes ``<paths.prepared>/<dataset>.pt`` = {train_images, train_labels,
-test_images, test_labels, classes, state}, the small ``<dataset>.state.pt`` = {state, classes,
-shape} that visualisation needs, and ``<paths.results>/zca/<dataset>.json``.
+test_images, test_labels, classes, state} (``state``: the fitted preprocessing), the small
+``<dataset>.preprocess.pt`` = {state, classes, shape} that maps sets back to pixels for the
+pictures, and ``<paths.results>/zca/<dataset>.json``.
 """
 from __future__ import annotations
 
 import sys
 import time
 
-from . import runtime
+from .common import runner
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = runtime.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
-    st = runtime.Stage("zca", args)
-    st.remove_stale("prepared", "state", "zca_metrics", "zca_info")
+    args = runner.parser(__doc__.splitlines()[0], method=False).parse_args(argv)
+    st = runner.Stage("zca", args)
+    st.remove_stale()
     ds = st.params["datasets"][st.dataset]
     run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
     run.log_params({"preprocess": ds["preprocess"]})
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     classes = [str(c) for c in d.classes]
     save_tensors({"train_images": train, "train_labels": d.train_labels, "test_images": test,
                   "test_labels": d.test_labels, "classes": classes, "state": state}, st.path("prepared"))
-    save_tensors({"state": state, "classes": classes, "shape": list(train.shape[1:])}, st.path("state"))
+    save_tensors({"state": state, "classes": classes, "shape": list(train.shape[1:])}, st.path("preprocess"))
     seconds = time.perf_counter() - t0
     c, h, w = (list(train.shape[1:]) + [1, 1])[:3]
     metrics = {"n_train": int(train.shape[0]), "n_test": int(test.shape[0]), "classes": len(classes),
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(runtime.run(main))
+    sys.exit(runner.run(main))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import merge
+from stages.common.params import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).resolve().parent / "params.tiny.yaml"

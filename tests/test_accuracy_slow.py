@@ -11,7 +11,7 @@ import pytest
 
 import atom
 from atom import preprocess
-from stages.params import distill_kwargs, evaluate_settings, load_params
+from stages.common.params import distill_kwargs, evaluate_settings, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from atom.batched import evaluate_batched, train_batched
-from atom.evaluate import EvalConfig, evaluate, train_evaluate
+from atom.evaluation import EvalConfig, evaluate, train_evaluate
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
 SEEDS = [0, 1, 2]
-ev = importlib.import_module("atom.training")  # where train_evaluate builds its network
+ev = importlib.import_module("atom.eval_protocol")  # where train_evaluate builds its network
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def small(digits):
 
 
 def _sequential_weights(monkeypatch, x, y, tx, ty, cfg, seed):
-    """Train with atom.training.train_evaluate itself and catch the network it builds."""
+    """Train with atom.eval_protocol.train_evaluate itself and catch the network it builds."""
     built = []
     real_build = ev.build_network
 

@@ -92,7 +92,8 @@ def mlflow_server(tmp_path):
 
 
 def test_stages_log_to_a_shared_mlflow_server(tmp_path, mlflow_server, monkeypatch):
-    from stages import distill, download, evaluate, runtime, zca
+    from stages import distill, download, evaluate, zca
+    from stages.common import runner as runtime
 
     base, artifacts = mlflow_server
     root = make_project(tmp_path / "p")

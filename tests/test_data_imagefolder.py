@@ -174,7 +174,7 @@ def _dispositions(_):
 
 
 def test_decode_workers_drop_the_parents_signal_handlers_and_exit_with_the_pool(tmp_path, monkeypatch):
-    # a pipeline stage raises on SIGTERM (stages.lifecycle); forked workers inherited that
+    # a pipeline stage raises on SIGTERM (stages.common.signals); forked workers inherited that
     # handler, and one raised while waiting on the pool's queue lock hung the decode at 100 %
     import multiprocessing
     import signal

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import atom
-from atom.distill import CheckpointMismatchError, DistillConfig, DistillStep, random_subset
+from atom.distillation import CheckpointMismatchError, DistillConfig, DistillStep, random_subset
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
 FAST = dict(iterations=4, batch_real=16, net=NET, progress=False, log_every=2)

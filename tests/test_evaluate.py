@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import atom
-from atom.evaluate import EvalConfig
+from atom.evaluation import EvalConfig
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")
 

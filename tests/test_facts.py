@@ -1,5 +1,6 @@
 """One source per fact: where a fact must have two copies (a torch-free one for the workflow
-files, a schema for params.yaml), every copy agrees with its source."""
+files, a schema for params.yaml), every copy agrees with its source; and the import graph
+stays what the layout promises (no circles, the package roots import nothing)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,8 @@ import pytest
 import yaml
 
 from pipeline_support import ROOT
-from stages import layout, report
+from stages import report
+from stages.common import codedeps, contract as layout
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,8 @@ def test_every_copy_of_the_method_list_equals_atom_losses_methods(schema):
         assert tuple(copy) == METHODS, where
     assert tuple(schema["properties"]["experiment"]["properties"]["baselines"]["items"]["enum"]) == layout.BASELINES
     assert tuple(report.LABELS) == METHODS + layout.BASELINES
-    # the Snakefile takes its wildcard constraint from stages.layout instead of spelling it out
-    assert '"|".join(layout.METHODS)' in (ROOT / "Snakefile").read_text()
+    # the Snakefile takes its wildcard constraint from the contract instead of spelling it out
+    assert '"|".join(C.METHODS)' in (ROOT / "Snakefile").read_text()
 
 
 def _resolve(schema: dict, node: dict) -> dict:
@@ -67,9 +69,9 @@ def _defaults(schema: dict, node: dict, where: tuple = ()):
 def _library_default(where: tuple):
     """The library's default for a params.yaml key, or ``...`` where the library has none."""
     from atom.augment import DSAParams
-    from atom.distill import DistillConfig
-    from atom.evaluate import evaluate
-    from atom.training import EvalConfig
+    from atom.distillation import DistillConfig
+    from atom.evaluation import evaluate
+    from atom.eval_protocol import EvalConfig
 
     classes = {"distill": DistillConfig, "evaluate": EvalConfig, "dsa": DSAParams}
     if where == ("evaluate", "batched"):
@@ -126,9 +128,9 @@ def test_loss_constants_in_params_yaml_equal_the_library_defaults(params):
 
 
 def test_no_module_of_the_project_imports_itself_back():
-    modules = [f"{pkg}.{p.stem}" for pkg in ("atom", "stages") for p in (ROOT / pkg).glob("*.py")
-               if p.stem != "__init__"]
-    graph = {m: layout.imports(m) - {"atom", "stages"} for m in modules}
+    modules = [f"{pkg}.{p.stem}" for pkg in ("atom", "stages", "stages.common")
+               for p in ROOT.joinpath(*pkg.split(".")).glob("*.py") if p.stem != "__init__"]
+    graph = {m: codedeps.imports(m) - {"atom", "stages", "stages.common"} for m in modules}
 
     def reaches(start: str, target: str, seen: set) -> bool:
         for n in graph[start]:
@@ -138,15 +140,19 @@ def test_no_module_of_the_project_imports_itself_back():
 
     circles = [m for m in modules if reaches(m, m, set())]
     assert not circles, f"import circle through {circles}"
-    assert "atom.evaluate" not in graph["atom.batched"] and "atom.training" in graph["atom.batched"]
+    assert "atom.evaluation" not in graph["atom.batched"] and "atom.eval_protocol" in graph["atom.batched"]
 
 
 def test_the_modules_the_snakefile_imports_load_without_torch():
+    # the lazy package root lets the machinery read atom.catalog's facts without loading torch
     import subprocess
     import sys
 
-    code = ("import sys, stages.layout, stages.params, stages.runtime, stages.tracking; "
-            "sys.exit(' '.join(sorted({'torch', 'mlflow', 'atom'} & {m.split('.')[0] for m in sys.modules})) or None)")
+    code = ("import sys, stages.common.contract, stages.common.codedeps, stages.common.params, "
+            "stages.common.dvc_yaml, stages.common.runner, stages.common.tracking; "
+            "bad = ({'torch', 'mlflow'} & {m.split('.')[0] for m in sys.modules}) | "
+            "{m for m in sys.modules if m.startswith('atom.') and m != 'atom.catalog'}; "
+            "sys.exit(' '.join(sorted(bad)) or None)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
 
@@ -175,3 +181,20 @@ def test_the_report_names_the_baseline_distillation_starts_from(init, factor, st
     labels = report.start_labels(init, factor)
     marked = [b for b in ("random", "selected") if "distillation's start" in labels[b]]
     assert marked == ([start] if start else [])
+
+
+def test_the_lazy_package_root_names_every_module_and_loads_none_up_front():
+    import subprocess
+    import sys
+
+    import atom
+
+    assert set(atom._SUBMODULES) == {p.stem for p in (ROOT / "atom").glob("*.py") if p.stem != "__init__"}
+    for name, module in atom._EXPORTS.items():
+        assert name in vars(__import__(f"atom.{module}", fromlist=[name])), (name, module)
+    # `import atom` alone loads no submodule; a name loads its own module and what that imports
+    code = ("import sys, atom; assert [m for m in sys.modules if m.startswith('atom.')] == []; "
+            "atom.load_digits; assert 'atom.losses' not in sys.modules and 'atom.data' in sys.modules; "
+            "assert callable(atom.distill) and callable(atom.evaluate)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr

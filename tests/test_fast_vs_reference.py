@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from atom.distill import DistillConfig, DistillStep
+from atom.distillation import DistillConfig, DistillStep
 from benchmarks.reference import ReferenceStep
 
 NET = dict(width=16, depth=2, act="relu", norm="instancenorm", pool="avg")

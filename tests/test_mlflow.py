@@ -1,4 +1,4 @@
-"""MLflow records of the stages (stages.tracking.Tracker), read back with MlflowClient, and the
+"""MLflow records of the stages (stages.common.tracking.Tracker), read back with MlflowClient, and the
 MLflow UI serving them over HTTP. Every store lives in a temp folder."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from pipeline_support import free_port, stop_group, tiny_params, tool
-from stages import tracking
+from stages.common import tracking
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_support import ROOT, make_project, project_env, tiny_params
-from stages import lifecycle, mlstore
+from stages.common import signals, tracking
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -50,7 +50,7 @@ WORKER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from pipeline_support import tiny_params
-    from stages.tracking import Tracker
+    from stages.common.tracking import Tracker
     import mlflow.tracking  # imported before the start signal: both processes then race on the store
     tmp, name, n, rounds = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     for rnd in range(rounds):  # a fresh store per round, both pipelines released at once
@@ -113,9 +113,9 @@ def test_two_concurrent_pipelines_share_a_fresh_sqlite_store_without_losing_runs
 
 def test_the_lock_of_a_sqlite_store_sits_beside_the_database(tmp_path):
     params = tiny_params({"paths": {"logs": "elsewhere"}})
-    assert mlstore.lock_path(params, f"sqlite:///{tmp_path}/x/m.db") == tmp_path / "x/m.db.lock"
-    assert mlstore.lock_path(params, "sqlite:///m.db") == Path("m.db.lock")
-    assert mlstore.lock_path(params, "http://127.0.0.1:5000") == Path("elsewhere/.mlflow.lock")
+    assert tracking.lock_path(params, f"sqlite:///{tmp_path}/x/m.db") == tmp_path / "x/m.db.lock"
+    assert tracking.lock_path(params, "sqlite:///m.db") == Path("m.db.lock")
+    assert tracking.lock_path(params, "http://127.0.0.1:5000") == Path("elsewhere/.mlflow.lock")
 
 
 # ------------------------------------------------------------------ unreachable servers
@@ -147,13 +147,13 @@ def test_an_unreachable_server_stops_the_stage_before_any_compute(tmp_path, serv
     res = _stage(root, "stages.distill", "--dataset", "digits", "--method", "atom", "--ipc", "1", env=env)
     seconds = time.monotonic() - t0
     print(f"{server} server: the stage stopped after {seconds:.1f} s (probe bound "
-          f"{mlstore.PROBE_TIMEOUT:.0f} s + start-up)")
+          f"{tracking.PROBE_TIMEOUT:.0f} s + start-up)")
     assert res.returncode == 3, res.stderr[-2000:]
     assert uri in res.stderr and "unreachable" in res.stderr
     log = (root / "logs/distill/digits-atom-ipc1.log").read_text()
     assert uri in log and "distilling" not in log  # before any compute: no data read, no output
     assert not (root / "results").exists() and not (root / "state").exists()
-    assert mlstore.PROBE_TIMEOUT + 2 <= 6  # the probe's own bound, leaving the start-up 4 s of 10
+    assert tracking.PROBE_TIMEOUT + 2 <= 6  # the probe's own bound, leaving the start-up 4 s of 10
 
 
 def test_an_unreachable_server_is_a_warning_when_not_required(tmp_path):
@@ -225,8 +225,8 @@ SWEEP = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
     from pipeline_support import tiny_params
-    from stages import lifecycle
-    from stages.tracking import Tracker
+    from stages.common import signals
+    from stages.common.tracking import Tracker
     from mlflow.tracking import MlflowClient
     here, signame = Path(sys.argv[2]), sys.argv[3]
     signum = getattr(signal, signame)
@@ -236,7 +236,7 @@ SWEEP = textwrap.dedent("""
     tracker = Tracker(params, "digits", logging.getLogger("sweep"))
     client = MlflowClient(f"sqlite:///{here / 'mlflow.db'}")
     # where a half-entered context manager keeps a lock: contextlib, the store's lock, MLflow's sessions
-    WATCH = ("contextlib.py", "mlstore.py", os.sep + os.path.join("mlflow", "store", "db", "utils.py"))
+    WATCH = ("contextlib.py", os.sep + os.path.join("stages", "common", "tracking.py"), os.sep + os.path.join("mlflow", "store", "db", "utils.py"))
     state = {}
 
     def tracer(frame, event, arg):
@@ -249,7 +249,7 @@ SWEEP = textwrap.dedent("""
         return tracer
 
     def main(argv):
-        run = lifecycle.register(contextlib.ExitStack()).enter_context(tracker.run("distill", "atom", 1))
+        run = signals.register(contextlib.ExitStack()).enter_context(tracker.run("distill", "atom", 1))
         state["run"] = run.run_id
         sys.settrace(tracer)
         try:
@@ -270,9 +270,9 @@ SWEEP = textwrap.dedent("""
         signal.alarm(20)  # a run that cannot end within 20 s is stuck on a lock it holds itself
         t0 = time.monotonic()
         try:
-            lifecycle.call(main, [])
+            signals.call(main, [])
             raised = None
-        except (lifecycle.Terminated, KeyboardInterrupt) as exc:
+        except (signals.Terminated, KeyboardInterrupt) as exc:
             raised = type(exc).__name__
         signal.alarm(0)
         if state["where"] is None:
@@ -305,13 +305,13 @@ def test_a_signal_at_any_point_of_a_tracking_write_still_ends_the_run_failed_at_
         assert r["error"].startswith(exc) and (signame != "SIGTERM" or "SIGTERM" in r["error"]), r
 
 
-@pytest.mark.parametrize("signame,exc", [("SIGTERM", lifecycle.Terminated), ("SIGINT", KeyboardInterrupt)])
+@pytest.mark.parametrize("signame,exc", [("SIGTERM", signals.Terminated), ("SIGINT", KeyboardInterrupt)])
 def test_a_shielded_block_finishes_before_the_signal_is_raised(signame, exc):
     done = []
 
     def main(argv):
-        with lifecycle.shielded():
-            with lifecycle.shielded():  # nested: raised when the outermost block ends
+        with signals.shielded():
+            with signals.shielded():  # nested: raised when the outermost block ends
                 os.kill(os.getpid(), getattr(signal, signame))
                 time.sleep(0.05)  # the handler has run by now, and held the signal
                 done.append("inner")
@@ -320,7 +320,7 @@ def test_a_shielded_block_finishes_before_the_signal_is_raised(signame, exc):
 
     before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
     with pytest.raises(exc):
-        lifecycle.call(main, [])
+        signals.call(main, [])
     assert done == ["inner", "outer"]
     assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == before  # restored
 
@@ -329,7 +329,7 @@ def test_further_signals_are_ignored_while_the_runs_end():
     ended = []
 
     def main(argv):
-        stack = lifecycle.register(contextlib.ExitStack())
+        stack = signals.register(contextlib.ExitStack())
 
         @stack.push
         def end(*exc_info):  # a run's last writes, interrupted by a second and a third signal
@@ -340,6 +340,6 @@ def test_further_signals_are_ignored_while_the_runs_end():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # interrupted
 
-    with pytest.raises(lifecycle.Terminated, match="SIGTERM"):
-        lifecycle.call(main, [])
-    assert ended == [lifecycle.Terminated]
+    with pytest.raises(signals.Terminated, match="SIGTERM"):
+        signals.call(main, [])
+    assert ended == [signals.Terminated]

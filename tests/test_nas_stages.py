@@ -97,7 +97,7 @@ def test_crossarch_scores_every_set_on_every_architecture(project):
 def test_crossarch_leaves_out_architectures_that_cannot_learn_on_8x8_digits(project):
     # VGG-11 and ResNet-18 normalise 1x1 maps on 8x8 inputs (instance norm): chance accuracy,
     # so they are left out with the reason, and the report prints the reason, not the column
-    from stages import tables
+    from stages import report
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["crossarch"].update(archs=["convnet", "vgg11", "resnet18"], epochs=1, seeds=[0])
@@ -112,7 +112,7 @@ def test_crossarch_leaves_out_architectures_that_cannot_learn_on_8x8_digits(proj
     assert all("1x1" in why for why in m["skipped"].values())
     assert set(m["results"]["atom"]) == {"convnet"}
     nas = {"candidates": 0, "sample": 0, "seed": 0, "proxy_epochs": 0, "full_epochs": 0, "proxies": {}}
-    text = "\n".join(tables.markdown({"crossarch": [m], "nas": nas}, {}, 2))
+    text = "\n".join(report.tables_markdown({"crossarch": [m], "nas": nas}, {}, 2))
     assert "| set | ConvNet |" in text and "VGG-11 left out: on 8x8 inputs" in text
     assert "ResNet-18 left out" in text and "| VGG-11" not in text
 

@@ -119,7 +119,7 @@ def test_cpu_wide_protocol_is_the_cpu_protocol_with_a_wider_distillation_network
     # docs/history/notebook.md section 2g compares the two protocols as a change of width alone: the recipes
     # the ablation cells run under them (cpu-wide names cpu as its base) differ in nothing else
     import ablation
-    from stages.params import load_params
+    from stages.common.params import load_params
     params = load_params(ROOT / "params.yaml")
     cpu, wide = (ablation.recipe_for(params, "cifar10-jpeg", "atom", proto) for proto in ("cpu", "cpu-wide"))
     assert (cpu["distill"]["net"]["width"], wide["distill"]["net"]["width"]) == (64, 128)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline_support import ROOT, make_project, project_env, tiny_params, tool
-from stages.params import ParamsError, distill_kwargs, evaluate_settings, load_params, section, stage_params, validate_params
+from stages.common.params import ParamsError, distill_kwargs, evaluate_settings, load_params, section, stage_params, validate_params
 
 
 @pytest.fixture(scope="module")
@@ -164,25 +164,28 @@ def test_snakemake_validates_params_before_scheduling(tmp_path, bad, words):
 
 
 def test_stage_params_cover_what_each_stage_reads(params):
-    # a change in any of these reruns the stage in Snakemake (params:) and DVC (params:)
+    # a change in any of these reruns the stage in Snakemake (params:) and DVC (params:); both
+    # render the refs each rule declares in stages/common/contract.py
     sp = stage_params(params, "distill", "digits")
-    assert sp["distill"] == section(params, "distill", "digits") and sp["dsa"] == params["dsa"] and sp["seed"] == 0
+    assert sp["distill"] == section(params, "distill", "digits") and sp["dsa"] == params["dsa"]
+    assert sp["runtime.seed"] == 0
     assert "distill" not in stage_params(params, "evaluate", "digits")
-    assert "seed" in stage_params(params, "evaluate_random", "digits")
+    assert "runtime.seed" in stage_params(params, "evaluate_random", "digits")
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     # distill validates with the evaluate settings; the protocol and validation split shape both
     assert set(dvc["distill"]["params"]) == {"distill", "dsa", "runtime.seed", "evaluate", "validation", "protocols",
                                              "pool", "datasets.${item.dataset}.distill",
                                              "datasets.${item.dataset}.evaluate", "datasets.${item.dataset}.pool",
                                              "datasets.${item.dataset}.validation", "datasets.${item.dataset}.protocol"}
-    assert set(sp) == {"distill", "dsa", "seed", "evaluate", "validation", "protocol", "pool"}
+    assert set(sp) == {"distill", "dsa", "runtime.seed", "evaluate", "validation", "protocol", "pool"}
     # the pool is cached by dataset and pool settings: the distillation network, never lr_img, the method or the IPC
     pp = stage_params(params, "pool", "digits")
-    assert set(pp) == {"pool", "net", "validation", "dsa", "protocol"}
+    assert set(pp) == {"pool", "distill.net", "validation.per_class", "validation.seed", "dsa", "protocol"}
     assert "distill.net" in dvc["pool"]["do"]["params"] and "distill" not in dvc["pool"]["do"]["params"]
     changed = copy.deepcopy(params)
     changed["distill"]["lr_img"] = params["distill"]["lr_img"] * 2
     changed["distill"]["iterations"] = params["distill"]["iterations"] + 1
+    changed["validation"]["epochs"] = params["validation"]["epochs"] + 1
     assert stage_params(changed, "pool", "digits") == pp
     changed["pool"]["epochs"] = params["pool"]["epochs"] + 1
     assert stage_params(changed, "pool", "digits") != pp
@@ -190,3 +193,25 @@ def test_stage_params_cover_what_each_stage_reads(params):
                                               "datasets.${item.dataset}.protocol"}
     assert "distill" in stage_params(params, "evaluate_selected", "digits")
     assert Path(ROOT / "tests/params.tiny.yaml").is_file()
+
+
+def test_every_params_ref_of_every_rule_renders_for_both_tools(params):
+    # each ref a rule declares is a real key (a value for Snakemake) and is covered by a key of
+    # dvc.yaml's list (DVC); a rule without a dataset wildcard resolves it per dataset
+    from stages.common.contract import RULES
+    from stages.common.params import dvc_params
+
+    for name, rule in RULES.items():
+        values = stage_params(params, name, "digits" if "dataset" in rule.over else None)
+        assert list(values) == list(rule.params), name
+        keys = dvc_params(name, "${item}")
+        for ref in rule.params:
+            head = ref.partition(".")[0]
+            want = {"dataset": "datasets", "protocol": "datasets"}.get(head, ref)
+            assert any(k == want or k.startswith(want + ".") or want.startswith(k + ".") for k in keys), (name, ref)
+    # an edit to a protocol another dataset uses reruns nothing here; one to this dataset's does
+    other = copy.deepcopy(params)
+    other["protocols"]["elsewhere"] = {"description": "x", "distill": {"iterations": 7}}
+    assert stage_params(other, "distill", "digits") == stage_params(params, "distill", "digits")
+    report = stage_params(params, "report")
+    assert set(report["validation"]) == set(params["experiment"]["datasets"])

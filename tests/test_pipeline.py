@@ -1,9 +1,11 @@
 """The pipeline end to end, on throw-away copies of the project with tiny params.
 
 - the Snakefile and dvc.yaml describe the same stages with the same commands, inputs, outputs
-  (for the default and another experiment matrix), and each stage depends on the code it imports;
+  (for the default and another experiment matrix); dvc.yaml is what the contract generates;
+  each rule depends on the library files its command runs, and no others;
 - `snakemake` runs the whole DAG (tests/params.tiny.yaml) and leaves every declared output,
-  the report, the ImageFolder export and MLflow records;
+  the report, the ImageFolder export and MLflow records; every job loaded only code its rule
+  declares; after it, an edit to one library file plans only the rules that run it;
 - `dvc repro` in a temp git repo (reruns, metrics/plots/experiment comparisons, push/clone/pull):
   tests/test_versioning.py.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import zipfile
@@ -22,6 +25,7 @@ import pytest
 import yaml
 
 from pipeline_support import ROOT, make_project, project_env, tool
+from stages.common.contract import RULES
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -118,28 +122,126 @@ def test_snakefile_and_dvc_yaml_describe_the_same_pipeline(tmp_path, matrix):
     assert {r: rules.count(r) for r in set(rules)} == counts
 
 
-def test_each_stage_depends_on_the_code_it_imports():
-    # dvc.yaml spells out the atom/ and stages/ files each stage imports (transitively); the
-    # Snakefile computes the same lists with stages.layout.code_deps
-    from stages import layout
+def test_dvc_yaml_is_what_the_contract_generates():
+    # dvc.yaml is not a hand-kept copy: it is rendered from stages/common/contract.py
+    from stages.common import dvc_yaml
 
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(dvc) == set(layout.STAGES)
-    for name, stage in dvc.items():
-        deps = (stage.get("do") or stage)["deps"]
-        code = [d for d in deps if d.startswith(("atom", "stages"))]
-        assert code == layout.code_deps(name), name
-    # narrower than the whole library: no stage but visualize/accuracy/distill runs viz.py,
-    # and downloading runs no preprocessing code
-    assert "atom/viz.py" not in layout.code_deps("evaluate") and "atom/preprocess.py" not in layout.code_deps("download")
-    assert "atom/viz.py" in layout.code_deps("visualize") and "stages/visualize.py" in layout.code_deps("accuracy")
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml.render(), \
+        "dvc.yaml differs from the contract: regenerate it with `python -m stages.common.dvc_yaml`"
+    rules = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(rules) == list(RULES)
+
+
+def test_each_rule_depends_on_the_library_files_it_runs_and_no_others():
+    from stages.common.codedeps import code_deps, library_deps
+
+    deps = {rule: set(code_deps(rule)) for rule in RULES}
+    users = lambda f: {rule for rule, d in deps.items() if f in d}  # noqa: E731
+    # a loss variant reruns distill alone (and, through its sets, what reads them); a picture
+    # change reruns the pictures; the data stages run neither
+    assert users("atom/losses.py") == users("atom/distillation.py") == {"distill"}
+    assert users("atom/viz.py") == {"visualize", "accuracy", "nas_merge"}
+    assert users("atom/preprocess.py") == {"zca"} | users("atom/viz.py")  # viz maps sets back to pixels
+    # one command, four rules: each runs its own branch only (the whole-set baseline runs no
+    # selection, formation or validation-split code)
+    assert not {"atom/selection.py", "atom/formation.py", "atom/validation.py"} & deps["evaluate_full"]
+    assert users("atom/selection.py") == {"distill", "evaluate_selected"}
+    assert "atom/formation.py" in deps["evaluate"] and "atom/validation.py" in deps["evaluate_random"]
+    # every rule runs its command, the package markers and the runner; the checkpoint key leaves
+    # the machinery out
+    for rule, d in deps.items():
+        assert {f"{RULES[rule].module.replace('.', '/')}.py", "atom/__init__.py", "stages/__init__.py",
+                "stages/common/__init__.py", "stages/common/runner.py"} <= d, rule
+    lib = library_deps("distill")
+    assert "stages/distill.py" in lib and "atom/losses.py" in lib
+    assert not [f for f in lib if f.startswith("stages/common/") or f.endswith("__init__.py")]
+
+
+def test_the_package_roots_import_nothing_of_the_project():
+    from stages.common.codedeps import imports
+
+    for package in ("atom", "stages", "stages.common"):
+        assert imports(package) == frozenset(), package
+
+
+# A sitecustomize for the pipeline's jobs: at exit, each stage command records the project
+# modules it really loaded (beside the project, in imports/<pid>.json).
+RECORDER = """
+import atexit, json, os, sys
+
+
+def _record():
+    root, where = os.getcwd(), os.environ.get("ATOM_TEST_IMPORTS")
+    main = os.path.abspath(getattr(sys.modules.get("__main__"), "__file__", None) or "")
+    if not where or not main.startswith(os.path.join(root, "stages") + os.sep):
+        return
+    files = {os.path.relpath(os.path.abspath(m.__file__), root) for m in list(sys.modules.values())
+             if getattr(m, "__file__", None)}
+    mine = sorted(f for f in files if f.split(os.sep)[0] in ("atom", "stages"))
+    with open(os.path.join(where, f"{os.getpid()}.json"), "w") as out:
+        json.dump({"argv": sys.argv, "modules": mine}, out)
+
+
+atexit.register(_record)
+"""
 
 
 @pytest.fixture(scope="module")
 def snake_project(tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("snake") / "p")
-    res = _sh([tool("snakemake"), "--cores", "2"], root, timeout=500)
+    base = tmp_path_factory.mktemp("snake")
+    root = make_project(base / "p")
+    (base / "hook").mkdir()
+    (base / "hook" / "sitecustomize.py").write_text(RECORDER)
+    (base / "imports").mkdir()
+    env = dict(project_env(root), PYTHONPATH=str(base / "hook"), ATOM_TEST_IMPORTS=str(base / "imports"))
+    res = subprocess.run([tool("snakemake"), "--cores", "2"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=500)
+    assert res.returncode == 0, f"snakemake failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     return root, res
+
+
+def test_every_job_loaded_only_code_its_rule_declares(snake_project):
+    # the code inputs are true: no job ran a project module its rule does not list, so no edit
+    # to the code a job runs can leave its outputs stale
+    from stages.common.codedeps import code_deps
+    from stages.common.contract import jobs, rule_for
+
+    root, _ = snake_project
+    ran = {}
+    for record in (root.parent / "imports").glob("*.json"):
+        rec = json.loads(record.read_text())
+        args = rec["argv"][1:]
+        rule = rule_for(Path(rec["argv"][0]).stem, {k.lstrip("-"): v for k, v in zip(args[::2], args[1::2])})
+        extra = set(rec["modules"]) - set(code_deps(rule))
+        assert not extra, f"{rule} ({' '.join(args)}) loaded code its rule does not declare: {sorted(extra)}"
+        ran.setdefault(rule, set()).update(rec["modules"])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert set(ran) == {rule for rule, _ in jobs(params)}
+    assert "atom/losses.py" in ran["distill"] and "atom/selection.py" not in ran["evaluate_full"]
+
+
+def _plan(root: Path, edited: str) -> set[str]:
+    """The rules `snakemake -n` plans after a comment is appended to ``edited`` (then restored,
+    bytes and mtime)."""
+    f = root / edited
+    text, st = f.read_bytes(), f.stat()
+    try:
+        f.write_bytes(text + b"\n# a comment\n")
+        res = _sh([tool("snakemake"), "-n", "--cores", "1"], root)
+    finally:
+        f.write_bytes(text)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = res.stdout + res.stderr
+    table = out[out.index("Job stats:"):].splitlines()[3:]
+    return {line.split()[0] for line in table[:table.index(next(x for x in table if x.startswith("total")))]} - {"all"}
+
+
+def test_an_edit_to_one_library_file_reruns_only_the_rules_that_run_it(snake_project):
+    root, _ = snake_project
+    assert _plan(root, "atom/losses.py") == {"distill", "evaluate", "visualize", "crossarch", "nas", "nas_merge",
+                                             "accuracy", "report"}
+    assert _plan(root, "atom/viz.py") == {"visualize", "accuracy", "nas_merge", "report"}
+    assert _plan(root, "stages/report.py") == {"report"}
 
 
 def test_snakemake_runs_the_whole_dag(snake_project):

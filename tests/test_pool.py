@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import atom
-from atom.distill import CheckpointMismatchError, DistillConfig, DistillStep, random_subset
+from atom.distillation import CheckpointMismatchError, DistillConfig, DistillStep, random_subset
 from atom.networks import ConvNet
 from atom.pool import EncoderPool, PoolConfig, member_seed, train_pool
 

@@ -6,7 +6,7 @@ import logging
 
 from tqdm import tqdm
 
-from stages.runtime import ProgressLog
+from stages.common.runner import ProgressLog
 
 
 class _Lines(logging.Handler):

@@ -4,11 +4,10 @@
 distillation's checkpoint exists, then rerun as the README says; the rerun resumes at the last
 checkpoint (the log says so), and the set equals an uninterrupted run's bit for bit. Also: the
 stale temp files of killed writes are removed when a stage starts, files follow the umask, and
-the library still logs the records the stages read.
+the library reports progress, validation, checkpoints and resumes as the events the stages read.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -22,6 +21,8 @@ import psutil
 import pytest
 import torch
 import yaml
+
+import atom
 
 from pipeline_support import make_project, project_env, tool
 
@@ -149,7 +150,7 @@ def test_dvc_repro_killed_mid_distillation_resumes_bit_identical(tmp_path):
 
 
 def test_a_stage_removes_the_temp_files_of_its_killed_writes(tmp_path):
-    from stages.recovery import remove_stale
+    from stages.common.recovery import remove_stale
 
     out = tmp_path / "results" / "synthetic.pt"
     raw = tmp_path / "raw"
@@ -201,16 +202,68 @@ def test_atomic_writes_fsync_before_the_rename(tmp_path, monkeypatch):
     assert events[2] == ("fsync", tmp_path.name)  # the folder: the rename itself is durable
 
 
-def test_the_library_still_logs_the_records_the_stages_read():
-    # the stages stream metrics and count time from these log formats (stages.recovery,
-    # stages.evaluate); a changed format would silently stop the live records
-    import atom.batched
-    import atom.distill
-    import atom.evaluate
-    from stages import evaluate, recovery
+def test_distillation_reports_progress_validation_checkpoints_and_resume_as_events(tmp_path):
+    # the library's one interface to the pipeline (atom.events): the stages stream metrics and
+    # count time from these, never from log text
+    from atom.data import load_digits
+    from atom.events import Checkpointed, Progress, Resumed, Validated
 
-    src = inspect.getsource(atom.distill)
-    for fmt in (recovery.LOSS_RECORD, recovery.RESUME_RECORD, *recovery.VALIDATION_RECORDS):
-        assert f'"{fmt}"' in src, fmt
-    seeds = inspect.getsource(atom.evaluate) + inspect.getsource(atom.batched)
-    assert all(f'"{fmt}"' in seeds for fmt in evaluate.SEED_RECORDS)
+    d = load_digits()
+    kw = dict(ipc=1, iterations=6, batch_real=8, net=dict(width=8, depth=1), log_every=2, checkpoint_every=3,
+              validate_every=3, progress=False, checkpoint_path=tmp_path / "c.pt")
+    scores = iter([10.0, 30.0, 20.0, 30.0])
+    events = []
+    res = atom.distill(d.train_images, d.train_labels, validator=lambda x, y: next(scores), on_event=events.append,
+                       **kw)
+    kinds = [(type(e).__name__, e.iteration) for e in events]
+    assert kinds == [("Validated", 0), ("Progress", 2), ("Validated", 3), ("Checkpointed", 3), ("Progress", 4),
+                     ("Progress", 6), ("Validated", 6), ("Checkpointed", 6)]
+    assert [e.loss for e in events if isinstance(e, Progress)] == [res.losses[i] for i in (1, 3, 5)]
+    val = [e for e in events if isinstance(e, Validated)]
+    assert [(e.score, e.best_iteration, e.new_best) for e in val] == [(10.0, 0, True), (30.0, 3, True),
+                                                                      (20.0, 3, False)]
+    assert res.best_iteration == val[-1].best_iteration == 3  # the kept iteration, as reported
+    assert all(e.path == tmp_path / "c.pt" for e in events if isinstance(e, Checkpointed))
+    again = []
+    atom.distill(d.train_images, d.train_labels, validator=lambda x, y: 0.0, on_event=again.append, resume=True,
+                 **kw)
+    assert isinstance(again[0], Resumed) and again[0].iteration == 6 and again[0].path == tmp_path / "c.pt"
+
+
+def test_evaluation_reports_each_seed_as_an_event():
+    from atom.data import load_digits
+    from atom.evaluation import evaluate
+    from atom.events import SeedEvaluated
+
+    d = load_digits()
+    x, y = d.train_images[:40], d.train_labels[:40]
+    for batched in (False, True):
+        events = []
+        res = evaluate(x, y, d.test_images, d.test_labels, seeds=[0, 1], epochs=1, batch_size=16, num_classes=10,
+                       net=dict(width=8, depth=1), progress=False, batched=batched, on_event=events.append)
+        assert [(e.seed, e.accuracy, e.batched) for e in events] == [(0, res["per_seed"][0], batched),
+                                                                     (1, res["per_seed"][1], batched)]
+        assert all(isinstance(e, SeedEvaluated) for e in events)
+
+
+def test_a_checkpoint_made_by_other_distillation_code_is_discarded_unless_kept(tmp_path):
+    # the checkpoint is keyed by the code distillation runs; --keep-checkpoint resumes across an
+    # edit the user knows to be harmless (the settings must still match)
+    root = make_project(tmp_path / "p", {"mlflow": {"enabled": False}, "experiment": {"baselines": []},
+                                         "distill": {"iterations": 4, "checkpoint_every": 2}})
+    distill = [sys.executable, "-m", "stages.distill", "--dataset", D, "--method", M, "--ipc", str(K)]
+    for cmd in ([sys.executable, "-m", "stages.download", "--dataset", D],
+                [sys.executable, "-m", "stages.zca", "--dataset", D], distill):
+        _sh(cmd, root)
+    meta = root / CKPT.replace(".pt", ".json")
+    record = json.loads(meta.read_text())
+    from stages.common.codedeps import code_digest
+
+    assert record["code"] == code_digest("distill")
+    for keep in (True, False):
+        meta.write_text(json.dumps(dict(record, code="made by other code")))
+        _sh(distill + (["--keep-checkpoint"] if keep else []), root)
+        log = (root / LOG).read_text()
+        assert ("kept, as --keep-checkpoint asks" in log) == keep and ("discarding it" in log) != keep
+        assert (f"resumed from {CKPT} at iteration 4" in log) == keep
+        assert json.loads(meta.read_text())["code"] == code_digest("distill")  # stamped anew

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import atom
 from atom.augment import DSA
-from atom.distill import DistillConfig, DistillStep, RealSampler
+from atom.distillation import DistillConfig, DistillStep, RealSampler
 from atom.losses import _pow_abs, _pow_nonneg
 from atom.networks import avg_pool_2x2
 from atom.speed import AUTO, DISTILL_SETTINGS, resolve_batched, resolve_distill

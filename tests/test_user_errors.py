@@ -27,8 +27,9 @@ import torch
 import yaml
 
 from pipeline_support import ROOT, make_project, project_env, tiny_params, tool
-from stages import layout, preflight, runtime
-from stages.params import DIGITS_CLASS_COUNTS, ParamsError, evaluate_settings, validate_params
+from atom.catalog import DIGITS_CLASS_COUNTS, MiB
+from stages.common import contract as layout, preflight, runner as runtime
+from stages.common.params import ParamsError, evaluate_settings, validate_params
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -170,12 +171,12 @@ def test_an_uncreatable_results_path_is_one_line_naming_the_setting(tmp_path):
 def test_the_space_estimate_follows_what_the_stage_writes():
     params = tiny_params(BASE)
     cifar = tiny_params(dict(BASE, experiment={"datasets": ["cifar10"]}))
-    small = preflight.estimate(params, "distill", "digits", "atom", 1)
-    big = preflight.estimate(params, "distill", "digits", "atom", 50)
+    small = preflight.estimate(params, "distill", {"dataset": "digits", "method": "atom", "ipc": 1})
+    big = preflight.estimate(params, "distill", {"dataset": "digits", "method": "atom", "ipc": 50})
     assert 0 < small["paths.results"] < big["paths.results"] and 0 < small["paths.state"] < big["paths.state"]
     # CIFAR-10 before download: its archive and extracted files; prepared: 60,000 x 3,072 floats and the ZCA
-    assert preflight.estimate(cifar, "download", "cifar10")["paths.raw"] > 300 * preflight.MiB
-    assert preflight.estimate(cifar, "zca", "cifar10")["paths.prepared"] > 60000 * 3072 * 4
+    assert preflight.estimate(cifar, "download", {"dataset": "cifar10"})["paths.raw"] > 300 * MiB
+    assert preflight.estimate(cifar, "zca", {"dataset": "cifar10"})["paths.prepared"] > 60000 * 3072 * 4
     # a disk with less than the estimate (with its margin) is refused, naming every setting on it
     with pytest.raises(preflight.PreflightError, match="paths.results"):
         preflight.check_folders({"paths.results": [Path.cwd()]}, {"paths.results": 1 << 60})
@@ -414,7 +415,7 @@ def test_check_job_names_the_value_and_its_key():
 def test_projects_sharing_a_store_keep_their_artifacts_beside_it(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from stages.tracking import Tracker
+    from stages.common.tracking import Tracker
 
     store = tmp_path / "shared"
     store.mkdir()
@@ -440,7 +441,7 @@ def test_projects_sharing_a_store_keep_their_artifacts_beside_it(tmp_path, monke
 
 
 def test_the_artifact_location_of_a_store():
-    from stages.mlstore import artifact_location
+    from stages.common.tracking import artifact_location
 
     params = tiny_params({"mlflow": {"artifact_root": "mlartifacts"}})
     assert artifact_location(params, "sqlite:///mlflow.db", "e") == (Path.cwd() / "mlartifacts" / "e").as_uri()

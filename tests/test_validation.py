@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import atom
-from atom.distill import DistillConfig, learning_rate, pixel_range
+from atom.distillation import DistillConfig, learning_rate, pixel_range
 from atom.validation import BestSnapshot, validation_split
 
 NET = dict(width=8, depth=2, act="relu", norm="instancenorm", pool="avg")

@@ -6,7 +6,8 @@
   distill parameter changes only distill and what is downstream reruns; after a commit,
   `dvc metrics diff` shows the old and the new value and `dvc plots diff` both revisions;
   `dvc push` to a local remote, `git clone`, `dvc pull` gives a clean `dvc status` and a
-  `dvc repro` that runs nothing; Snakemake in the same folder finds nothing to do (after
+  `dvc repro` that runs nothing; an edit to one library file changes only the stages that run
+  it; Snakemake in the same folder finds nothing to do (after
   `dvc repro`; in the clone after `snakemake --touch`); `dvc exp run -S` then `dvc exp show --json` has numeric
   metrics for the baseline and the experiment.
 """
@@ -53,7 +54,7 @@ def _digests(root: Path) -> dict[str, str]:
 def test_every_stage_run_twice_writes_identical_bytes(tmp_path, monkeypatch):
     import importlib
 
-    from stages import runtime
+    from stages.common import runner as runtime
 
     root = make_project(tmp_path / "p", {"mlflow": {"enabled": False}})
     monkeypatch.chdir(root)
@@ -118,6 +119,19 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
     assert "Data and pipelines are up to date" in _sh([dvc, "status"], root)
     # Snakemake in the same folder: DVC ran the stages in DAG order, so nothing is out of date
     assert "Nothing to be done" in _sh([tool("snakemake"), "-n", "--cores", "1"], root, stderr=True)
+    # an edit to one library file: DVC finds changed exactly the stages whose command runs it
+    # (their descendants rerun only if those stages' outputs then change)
+    for edited, changed in (("atom/losses.py", {"distill@digits-atom-1"}),
+                            ("atom/viz.py", {"visualize@digits-atom-1", "accuracy@digits", "nas_merge@digits"})):
+        f = root / edited
+        text = f.read_bytes()
+        f.write_bytes(text + b"\n# a comment\n")
+        try:
+            status = json.loads(_sh([dvc, "status", "--json"], root))
+        finally:
+            f.write_bytes(text)
+        assert set(status) == changed, (edited, sorted(status))
+    assert "Data and pipelines are up to date" in _sh([dvc, "status"], root)
     _sh(["git", "add", "-A"], root)
     _sh(["git", "commit", "-qm", "baseline"], root)
     tracked = _sh(["git", "ls-files", "results"], root).split()

@@ -1,11 +1,13 @@
-"""params.yaml: loading, validation, and the settings each stage reads from it.
+"""params.yaml: loading, validation, the merged sections, and what each rule reads of it.
 
 :func:`load_params` reads params.yaml and validates it against ``schemas/params.schema.yaml``
 (plus the cross-key checks of :func:`check_params`) *before* torch is imported or any data is
 touched, so a wrong type or an out-of-range value stops the run with an error naming the key.
 The section helpers (:func:`section`, :func:`distill_kwargs`, :func:`evaluate_settings`)
-merge a dataset group's overrides into the shared sections; :func:`stage_params` says which
-values each stage depends on (the Snakefile's ``params:``, mirrored by dvc.yaml's).
+merge a dataset group's and its protocol's overrides into the shared sections.
+:func:`stage_params` and :func:`dvc_params` render a rule's ``params`` refs
+(:class:`stages.common.contract.Rule`): the values the Snakefile passes as the rule's
+``params:`` (a change in any reruns it) and the keys dvc.yaml lists.
 
 Torch-free: the Snakefile imports it.
 """
@@ -18,21 +20,14 @@ from typing import Any
 
 import yaml
 
-from .layout import PARAMS, ROOT
+from atom.catalog import DIGITS_CLASS_COUNTS, FACTS
+from .contract import MERGED_SECTIONS, PARAMS, ROOT, RULES, uses_pool
 
 __all__ = ["ParamsError", "SCHEMA", "read_yaml", "validate_params", "check_params", "load_params", "merge",
-           "section", "protocol_overrides", "distill_kwargs", "evaluate_settings", "stage_params",
-           "DIGITS_CLASS_COUNTS", "TRAIN_PER_CLASS", "train_counts", "class_size_problem"]
+           "section", "protocol", "protocol_overrides", "distill_kwargs", "evaluate_settings", "stage_params",
+           "dvc_params", "train_counts", "class_size_problem", "uses_pool"]
 
 SCHEMA = ROOT / "schemas" / "params.schema.yaml"
-
-# Training images per class of the loaders whose sizes are fixed, so that an IPC or a
-# validation split too large for them is refused before anything is downloaded (an
-# ImageFolder's sizes are known only once its files are read: the download stage checks them).
-# CIFAR-10/100: 50,000 training images in 10/100 classes; TinyImageNet: 500 per class in 200
-# classes. digits: scikit-learn's per-class counts (a test checks them), less the test split.
-DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
-TRAIN_PER_CLASS = {"cifar10": 5000, "cifar100": 500, "tinyimagenet": 500}
 
 
 class ParamsError(ValueError):
@@ -139,8 +134,9 @@ def train_counts(params: dict, dataset: str) -> dict[str, int] | None:
     if ds["loader"] == "digits":
         frac = float((ds.get("options") or {}).get("test_fraction", 0.2))
         return {str(c): n - int(round(n * frac)) for c, n in enumerate(DIGITS_CLASS_COUNTS)}
-    if ds["loader"] in TRAIN_PER_CLASS:
-        return {"every class": TRAIN_PER_CLASS[ds["loader"]]}
+    facts = FACTS.get(ds["loader"])
+    if facts is not None and facts.train_per_class is not None:
+        return {"every class": facts.train_per_class}
     return None
 
 
@@ -185,25 +181,16 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-MERGED = ("distill", "evaluate", "validation", "pool")  # sections a dataset group and a protocol override
-
-
 def protocol(params: dict, dataset: str) -> str | None:
     """The name of the protocol the dataset group selects (None: none)."""
     return params["datasets"][dataset].get("protocol")
-
-
-def uses_pool(distill: dict) -> bool:
-    """Whether a (merged) distill section draws on the pool stage's trained encoders: an
-    encoder other than ``random``, or the calibration term."""
-    return distill.get("encoder", "random") != "random" or distill.get("calibration", 0.0) > 0
 
 
 def section(params: dict, name: str, dataset: str | None = None) -> dict:
     """A top-level section with the dataset group's overrides merged in, then its protocol's
     (``distill``, ``evaluate``, ``validation``): a protocol is the deliberate last word."""
     base = params[name]
-    if dataset is None or name not in MERGED:
+    if dataset is None or name not in MERGED_SECTIONS:
         return copy.deepcopy(base)
     out = merge(base, params["datasets"][dataset].get(name) or {})
     proto = protocol(params, dataset)
@@ -220,7 +207,7 @@ def protocol_overrides(params: dict, proto: str, name: str) -> dict:
 
 
 def distill_kwargs(params: dict, dataset: str, method: str) -> dict:
-    """Keyword arguments of ``atom.distill.distill`` for one experiment (besides data/ipc/method)."""
+    """Keyword arguments of ``atom.distillation.distill`` for one experiment (besides data/ipc/method)."""
     cfg = section(params, "distill", dataset)
     losses = cfg.pop("loss")
     cfg["loss"] = dict(losses[method])
@@ -241,44 +228,63 @@ def evaluate_settings(params: dict, dataset: str, kind: str) -> tuple[list[int],
     return seeds, cfg, batched
 
 
-def stage_params(params: dict, stage: str, dataset: str | None = None) -> dict:
-    """The values a stage depends on: a change in any reruns it. Mirrors ``params:`` in dvc.yaml
-    (the Snakefile passes this as the rule's ``params:``)."""
-    ds = params["datasets"].get(dataset, {}) if dataset else {}
-    if stage == "download":
-        return {"loader": ds["loader"], "options": ds["options"]}
-    if stage == "zca":
-        return {"loader": ds["loader"], "options": ds["options"], "preprocess": ds["preprocess"]}
-    if stage == "pool":  # the distillation network, the training split and the augmentation; not lr_img etc.
-        return {"pool": section(params, "pool", dataset), "net": section(params, "distill", dataset)["net"],
-                "validation": {k: section(params, "validation", dataset)[k] for k in ("per_class", "seed")},
-                "dsa": params["dsa"], "protocol": protocol(params, dataset)}
-    if stage == "distill":  # the validation evaluator is the evaluate section with validation's epochs
-        return {"distill": section(params, "distill", dataset), "dsa": params["dsa"],
-                "seed": params["runtime"]["seed"], "evaluate": section(params, "evaluate", dataset),
-                "validation": section(params, "validation", dataset), "protocol": protocol(params, dataset),
-                "pool": section(params, "pool", dataset)}
-    if stage in ("evaluate", "evaluate_full"):
-        return {"evaluate": section(params, "evaluate", dataset), "dsa": params["dsa"],
-                "protocol": protocol(params, dataset)}
-    if stage in ("evaluate_random", "evaluate_selected"):  # drawn from the training part of the split
-        return {"evaluate": section(params, "evaluate", dataset), "dsa": params["dsa"],
-                "seed": params["runtime"]["seed"], "validation": section(params, "validation", dataset),
-                "protocol": protocol(params, dataset),
-                **({"distill": section(params, "distill", dataset)} if stage == "evaluate_selected" else {})}
-    if stage in ("crossarch", "nas"):  # sets from distill and the random draw; the evaluate protocol
-        return {sec: section(params, sec, dataset) for sec in (stage, "evaluate", "validation")} | {
-            "dsa": params["dsa"], "seed": params["runtime"]["seed"], "methods": params["experiment"]["methods"],
-            "protocol": protocol(params, dataset)}
-    if stage == "nas_merge":
-        return {"nas": params["nas"], "methods": params["experiment"]["methods"], "visualize": params["visualize"]}
-    if stage == "visualize":
-        return {"visualize": params["visualize"]}
-    if stage == "accuracy":
-        return {"visualize": params["visualize"], "experiment": params["experiment"]}
-    if stage == "report":
-        return {"experiment": params["experiment"], "report": params["report"], "protocols": params["protocols"],
-                "validation": {d: section(params, "validation", d) for d in params["experiment"]["datasets"]}, "crossarch": params["crossarch"],
-                "nas": params["nas"],
-                "paper": {d: params["datasets"][d]["paper"] for d in params["experiment"]["datasets"]}}
-    raise ValueError(f"stage: unknown stage {stage!r}")
+def _ref_value(params: dict, ref: str, dataset: str):
+    """The value of one params ref for a dataset (:class:`stages.common.contract.Rule`)."""
+    head, _, rest = ref.partition(".")
+    if head == "dataset":
+        return params["datasets"][dataset][rest]
+    if head == "protocol":
+        return protocol(params, dataset)
+    if head in MERGED_SECTIONS:
+        value = section(params, head, dataset)
+        return value[rest] if rest else value
+    value = params
+    for part in ref.split("."):
+        value = value[part]
+    return value
+
+
+def _per_dataset(ref: str) -> bool:
+    head = ref.partition(".")[0]
+    return head in ("dataset", "protocol") or head in MERGED_SECTIONS
+
+
+def stage_params(params: dict, rule: str, dataset: str | None = None) -> dict:
+    """The values a rule's jobs depend on, ``{ref: value}``: a change in any reruns them (the
+    Snakefile's ``params:``). Merged sections are resolved for the job's dataset (an edit to a
+    protocol another dataset uses reruns nothing here); a rule without a dataset wildcard gets
+    them per dataset of the matrix."""
+    if rule not in RULES:
+        raise ValueError(f"stage: unknown stage {rule!r}")
+    datasets = [dataset] if "dataset" in RULES[rule].over else params["experiment"]["datasets"]
+    out = {}
+    for ref in RULES[rule].params:
+        if _per_dataset(ref) and "dataset" not in RULES[rule].over:
+            out[ref] = {d: _ref_value(params, ref, d) for d in datasets}
+        else:
+            out[ref] = _ref_value(params, ref, dataset)
+    return out
+
+
+def dvc_params(rule: str, dataset: str = "${item}") -> list[str]:
+    """The params.yaml keys dvc.yaml lists for a rule (``dataset``: the template of its dataset):
+    a merged section is the shared section, the dataset group's override and every protocol
+    (DVC cannot resolve which one applies); without a dataset wildcard, ``datasets`` whole."""
+    r = RULES[rule]
+    group = f"datasets.{dataset}" if "dataset" in r.over else "datasets"
+    out: list[str] = []
+
+    def add(*keys: str) -> None:
+        out.extend(k for k in keys if k not in out)
+
+    for ref in r.params:
+        head, _, rest = ref.partition(".")
+        if head == "dataset":
+            add(f"{group}.{rest}" if "dataset" in r.over else group)
+        elif head == "protocol":
+            add(f"{group}.protocol" if "dataset" in r.over else group)
+        elif head in MERGED_SECTIONS:
+            add(ref, f"{group}.{head}" if "dataset" in r.over else group, "protocols")
+        else:
+            add(ref)
+    return out

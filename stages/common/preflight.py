@@ -1,22 +1,23 @@
 """Checks a stage makes before any compute: its inputs exist, and the folders it writes can
 take what it will write.
 
-:func:`check` runs when a stage starts (:class:`stages.runtime.Stage`), after params.yaml is
-validated and before anything is written (not even the log):
+:func:`check` runs when a stage starts (:class:`stages.common.runner.Stage`), after
+params.yaml is validated and before anything is written (not even the log):
 
-- every input the stage reads exists, else one line naming the file and the stage (and its
-  command) that makes it;
+- every input the job reads (:func:`stages.common.contract.inputs`) exists, else one line
+  naming the file and the stage (and its command) that makes it;
 - every folder it writes (``paths.logs``, ``paths.results``, ``paths.state``, ...) is a folder,
   or can be created, and is writable (an access check, then a probe file that the kernel
   creates unnamed where it can and that is removed at once);
 - each disk holding those folders has room for what the stage will write there:
   :func:`estimate`, from the data's shape (the prepared file's header, else the sizes of the
-  datasets whose sizes are fixed, else the raw files), times :data:`MARGIN`, plus
-  :data:`MIN_FREE` for logs and records. A disk below that is refused with its free space.
+  datasets whose sizes are fixed, :mod:`atom.catalog`, else the raw files), times
+  :data:`MARGIN`, plus :data:`MIN_FREE` for logs and records. A disk below that is refused with
+  its free space.
 
 Each failure is a :class:`PreflightError`: one line naming the folder or file and the
-params.yaml setting (``paths.results``), which :func:`stages.runtime.run` prints without a
-traceback (exit code 4).
+params.yaml setting (``paths.results``), which :func:`stages.common.runner.run` prints without
+a traceback (exit code 4).
 
 Torch-free (the data's shape is read from the safetensors header, not loaded).
 """
@@ -30,39 +31,15 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .layout import METHODS, PATTERNS, path
-from .params import section, train_counts, uses_pool
+from atom.catalog import DIGITS_CLASS_COUNTS, FACTS, MiB
+from .contract import RULES, inputs, outputs, path, producer, setting
+from .params import section, train_counts
 
-__all__ = ["PreflightError", "MIN_FREE", "MARGIN", "check", "check_folders", "estimate", "data_shape", "inputs",
-           "outputs", "producer", "setting", "human", "refused_write"]
+__all__ = ["PreflightError", "MIN_FREE", "MARGIN", "check", "check_folders", "estimate", "data_shape", "human",
+           "refused_write"]
 
-MiB = 1 << 20
 MIN_FREE = 16 * MiB  # per disk, beyond the estimate: logs, JSON records, figures, MLflow's own files
 MARGIN = 1.5         # on the estimate: files rewritten beside their old copy, formats' overheads
-
-# what each stage writes (keys of stages.layout.PATTERNS); the evaluate and visualize stages
-# write other files in their other modes (see outputs())
-OUTPUTS = {
-    "download": ["raw", "download_metrics", "download_info"],
-    "zca": ["prepared", "state", "zca_metrics", "zca_info"],
-    "pool": ["pool", "pool_metrics", "pool_info", "pool_state"],
-    "distill": ["synthetic", "last", "loss_csv", "val_curve", "distill_metrics", "distill_info", "checkpoint",
-                "checkpoint_meta"],
-    "crossarch": ["crossarch"],
-    "nas": ["nas_shard"],
-    "nas_merge": ["nas_json", "nas_csv", "nas_png"],
-    "report": ["summary_md", "summary_json", "summary_csv"],
-}
-# which stage writes an input, and the wildcards its command takes
-PRODUCERS = {"raw": ("download", ()), "prepared": ("zca", ()), "state": ("zca", ()), "pool": ("pool", ()),
-             "synthetic": ("distill", ("method", "ipc")), "loss_csv": ("distill", ("method", "ipc")),
-             "val_curve": ("distill", ("method", "ipc")), "nas_shard": ("nas", ("shard",))}
-# known download sizes in bytes (the official archive, what it extracts to)
-DOWNLOADS = {"cifar10": (170_498_071, 190 * MiB), "cifar100": (169_001_437, 190 * MiB),
-             "tinyimagenet": (248_100_043, 500 * MiB)}
-# (training images, test images, classes, channels, height, width) of the fixed-size datasets
-SHAPES = {"cifar10": (50000, 10000, 10, 3, 32, 32), "cifar100": (50000, 10000, 100, 3, 32, 32),
-          "tinyimagenet": (100000, 10000, 200, 3, 64, 64)}
 
 
 class PreflightError(RuntimeError):
@@ -76,57 +53,6 @@ def human(n: float) -> str:
         n /= 1024
     return f"{n:.1f} TiB"
 
-
-def setting(key: str) -> str:
-    """The params.yaml setting a pattern's files live under (``paths.results``)."""
-    return "paths." + PATTERNS[key].split("}", 1)[0].lstrip("{")
-
-
-def producer(params: dict, key: str, wildcards: dict) -> str | None:
-    """'the zca stage (python -m stages.zca --dataset digits)' for a file of ``key``, else None."""
-    if key not in PRODUCERS:
-        return None
-    stage, extra = PRODUCERS[key]
-    args = f"--dataset {wildcards['dataset']}" + "".join(f" --{w} {wildcards[w]}" for w in extra)
-    return f"the {stage} stage (python -m stages.{stage} {args})"
-
-
-def _needs_pool(params: dict, dataset: str) -> bool:
-    return uses_pool(section(params, "distill", dataset))
-
-
-def inputs(params: dict, stage: str, dataset, method=None, ipc=None) -> list[tuple[str, dict]]:
-    """(key, wildcards) of every file the stage reads that an earlier stage writes."""
-    one = {"dataset": dataset, "method": method, "ipc": ipc}
-    methods = params["experiment"]["methods"]
-    if stage == "zca":
-        return [("raw", one)]
-    if stage == "pool":
-        return [("prepared", one)]
-    if stage == "distill":
-        return [("prepared", one)] + ([("pool", one)] if _needs_pool(params, dataset) else [])
-    if stage == "evaluate":
-        return [("prepared", one)] + ([("synthetic", one)] if method in METHODS else [])
-    if stage == "visualize" and method is not None:
-        return [(k, one) for k in ("synthetic", "loss_csv", "val_curve", "prepared", "state")]
-    if stage in ("crossarch", "nas"):
-        ipcs = [ipc] if stage == "crossarch" else params["nas"]["ipcs"]
-        return [("prepared", one)] + [("synthetic", dict(one, method=m, ipc=k)) for m in methods for k in ipcs]
-    if stage == "nas_merge":
-        return [("nas_shard", dict(one, shard=s)) for s in params["nas"]["shards"]]
-    return []
-
-
-def outputs(stage: str, method=None) -> list[str]:
-    """Keys of the files (and folders) a stage writes."""
-    if stage == "evaluate":
-        return ["eval_full", "eval_full_info"] if method == "full" else ["eval_metrics", "eval_info"]
-    if stage == "visualize":
-        return ["grid", "loss_png", "images"] if method is not None else ["accuracy_png", "accuracy_csv"]
-    return list(OUTPUTS.get(stage, []))
-
-
-# ---------------------------------------------------------------------------------- sizes
 
 def _header(file: Path) -> dict | None:
     """The JSON header of a safetensors file (tensor shapes, metadata), without its data."""
@@ -181,9 +107,9 @@ def data_shape(params: dict, dataset: str) -> tuple | None:
     loader = params["datasets"][dataset]["loader"]
     if loader == "digits":
         n_train = sum(train_counts(params, dataset).values())
-        return (n_train, 1797 - n_train, 10, 1, 8, 8)
-    if loader in SHAPES:
-        return SHAPES[loader]
+        return (n_train, sum(DIGITS_CLASS_COUNTS) - n_train, *FACTS["digits"].shape[2:])
+    if loader in FACTS:
+        return FACTS[loader].shape
     if loader == "imagefolder":
         return _imagefolder_shape(params, dataset)
     return None
@@ -197,18 +123,19 @@ def _convnet_params(net: dict, shape: tuple) -> int:
     return 9 * width * (c + width * (depth - 1)) + 3 * width * depth + max(1, side) * width * k + k
 
 
-def estimate(params: dict, stage: str, dataset, method=None, ipc=None) -> dict[str, int]:
-    """Bytes the stage writes, per setting (``paths.results``: n), before :data:`MARGIN`; the
-    small files (logs, JSON, figures) are left to :data:`MIN_FREE`."""
+def estimate(params: dict, rule: str, wildcards: dict) -> dict[str, int]:
+    """Bytes a job of ``rule`` writes, per setting (``paths.results``: n), before :data:`MARGIN`;
+    the small files (logs, JSON, figures) are left to :data:`MIN_FREE`."""
+    dataset, ipc = wildcards.get("dataset"), wildcards.get("ipc")
     if dataset is None:
         return {}
     shape = data_shape(params, dataset)
     loader = params["datasets"][dataset]["loader"]
     opts = params["datasets"][dataset].get("options") or {}
-    if stage == "download":
-        if loader in DOWNLOADS:
-            archive, extracted = DOWNLOADS[loader]
-            return {"paths.raw": extracted + (0 if opts.get("source") else archive)}
+    if rule == "download":
+        facts = FACTS.get(loader)
+        if facts is not None and facts.archive_bytes:
+            return {"paths.raw": facts.extracted_bytes + (0 if opts.get("source") else facts.archive_bytes)}
         if loader == "imagefolder" and opts.get("source"):
             src = Path(opts["source"])
             if src.is_file():
@@ -220,21 +147,21 @@ def estimate(params: dict, stage: str, dataset, method=None, ipc=None) -> dict[s
         return {}
     n_train, n_test, k, c, h, w = shape
     image = 4 * c * h * w  # float32
-    if stage == "zca":
+    if rule == "zca":
         d = c * h * w
         zca = 4 * 4 * d * d if params["datasets"][dataset]["preprocess"]["zca"] else 0  # matrix + inverse, twice
         return {"paths.prepared": image * (n_train + n_test) + zca}
-    if stage == "pool":
+    if rule == "pool":
         cfg = section(params, "pool", dataset)
         weights = 4 * _convnet_params(section(params, "distill", dataset)["net"], shape)
         return {"paths.results": cfg["models"] * 2 * weights, "paths.state": cfg["models"] * 4 * weights}
-    if stage == "distill" and ipc is not None:
+    if rule == "distill" and ipc is not None:
         its = section(params, "distill", dataset)["iterations"]
         syn = image * ipc * k
         # synthetic.pt and last.pt; the checkpoint (set, momentum, best set, losses) and its
         # replacement while it is rewritten
         return {"paths.results": 2 * syn + 32 * its, "paths.state": 2 * (3 * syn + 8 * its)}
-    if stage == "visualize" and method is not None and ipc is not None:
+    if rule == "visualize" and ipc is not None:
         return {"paths.results": 2 * ipc * k * (c * h * w + 1024)}  # PNGs, at most about 2 bytes a pixel
     return {}
 
@@ -301,13 +228,15 @@ def check_folders(folders: dict[str, list[Path]], need: dict[str, int]) -> None:
                 + f"); free some space or point {' / '.join(names)} in params.yaml at another disk")
 
 
-def check(params: dict, stage: str, dataset=None, method=None, ipc=None, shard=None, log_file=None) -> None:
-    """Everything a stage needs before it computes: inputs, writable folders, free space."""
+def check(params: dict, rule: str, wildcards: dict, log_file=None) -> None:
+    """Everything a job of ``rule`` needs before it computes: inputs, writable folders, free
+    space. ``wildcards``: the job's (dataset, method, ipc, shard: those the rule has)."""
     # a job outside the stage's own range first: its missing inputs would send the user to a
     # distill run that the range refuses as well
-    if stage == "crossarch" and ipc is not None and ipc not in params["crossarch"]["ipcs"]:
+    ipc = wildcards.get("ipc")
+    if rule == "crossarch" and ipc is not None and ipc not in params["crossarch"]["ipcs"]:
         raise ValueError(f"--ipc: {ipc} is not in crossarch.ipcs {params['crossarch']['ipcs']}")
-    for key, wc in inputs(params, stage, dataset, method, ipc):
+    for key, wc in inputs(params, rule, wildcards, section=section):
         f = path(params, key, **wc)
         if not f.exists():
             made = producer(params, key, wc)
@@ -315,16 +244,11 @@ def check(params: dict, stage: str, dataset=None, method=None, ipc=None, shard=N
     folders: dict[str, list[Path]] = {}
     if log_file is not None:
         folders["paths.logs"] = [Path(log_file).parent]
-    wc = {"dataset": dataset, "method": method, "ipc": ipc, "shard": shard}
-    for key in outputs(stage, method):
-        try:
-            f = path(params, key, **wc)
-        except (KeyError, IndexError):
-            continue
+    wc = {**RULES[rule].fixed, **wildcards}
+    for key in outputs(rule, state=True):
         # a folder output is made inside its parent (atomically, by a rename)
-        folders.setdefault(setting(key), []).append(f.parent)
-    need = estimate(params, stage, dataset, method, ipc)
-    check_folders(folders, need)
+        folders.setdefault(setting(key), []).append(path(params, key, **wc).parent)
+    check_folders(folders, estimate(params, rule, wildcards))
 
 
 def refused_write(exc: BaseException) -> bool:

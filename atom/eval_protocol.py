@@ -1,5 +1,5 @@
 """Training one fresh network on a (synthetic) set and scoring it: the evaluation protocol
-(spec section 6) shared by the sequential (:mod:`atom.evaluate`) and batched
+(spec section 6) shared by the sequential (:mod:`atom.evaluation`) and batched
 (:mod:`atom.batched`) evaluators.
 
 Protocol: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256 (or the set size if

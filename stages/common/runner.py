@@ -1,23 +1,27 @@
 """The command-line runtime of a stage: arguments, logging, torch threads, and exit codes.
 
-A stage is a thin command (``python -m stages.<name> --dataset ... [--method ... --ipc ...]``)
+A stage is a thin command (``python -m stages.<command> --dataset ... [--method ... --ipc ...]``)
 that builds a :class:`Stage`, which
 
-1. loads and validates ``params.yaml`` (:func:`stages.params.load_params`) before anything
-   else, so bad params stop the run before any compute;
-2. logs to ``<paths.logs>/<stage>/<name>.log`` (and stderr; :func:`stages.layout.log_path`);
-3. configures the torch runtime (``atom.runtime.configure(runtime.threads)``);
-4. offers a :class:`stages.tracking.Tracker` for MLflow records;
-5. copies tqdm progress bars (with their time estimates) into the log (:class:`ProgressLog`).
-Before 2., :func:`stages.preflight.check` makes sure the stage's inputs exist and that the
+1. loads and validates ``params.yaml`` (:func:`stages.common.params.load_params`) before
+   anything else, so bad params stop the run before any compute;
+2. finds the rule its arguments run (:func:`stages.common.contract.rule_for`: ``evaluate
+   --method random`` is ``evaluate_random``), and with it the job's files;
+3. logs to ``<paths.logs>/<command>/<job>.log`` (and stderr;
+   :func:`stages.common.contract.log_path`);
+4. configures the torch runtime (``atom.runtime.configure(runtime.threads)``);
+5. offers a :class:`stages.common.tracking.Tracker` for MLflow records;
+6. copies tqdm progress bars (with their time estimates) into the log (:class:`ProgressLog`).
+
+Before 3., :func:`stages.common.preflight.check` makes sure the job's inputs exist and that the
 folders it writes are writable and have room, so nothing is computed (or written) in vain.
 Its :meth:`Stage.start_run` opens the stage's MLflow run before the compute, and
-:meth:`Stage.remove_stale` removes the temp files that killed writes of its outputs left.
+:meth:`Stage.remove_stale` removes the temp files that killed writes of the rule's outputs left.
 :func:`run` turns bad params or arguments into one clear line and exit code 2, an unusable
 tracking store into exit code 3, a missing input, an unusable or full folder, a write the
 file system refuses and a file refused for safety (or corrupt) into one line and exit code 4
 (saying how to recover), SIGTERM/SIGINT into 143/130, and ends the stage's run FINISHED, or
-FAILED with the error (:mod:`stages.lifecycle`).
+FAILED with the error (:mod:`stages.common.signals`).
 """
 from __future__ import annotations
 
@@ -30,11 +34,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .layout import BASELINES, METHODS, PARAMS, log_path, match, path
-from .lifecycle import Terminated, call, close_orphans, register
+from .contract import BASELINES, METHODS, PARAMS, RULES, log_path, match, outputs, path, producer, rule_for, setting
 from .params import ParamsError, load_params
-from .preflight import PreflightError, check, producer, refused_write, setting
+from .preflight import PreflightError, check, refused_write
 from .recovery import remove_stale
+from .signals import Terminated, call, register
 from .tracking import Tracker, TrackingUnavailable
 
 __all__ = ["parser", "Stage", "run"]
@@ -51,14 +55,16 @@ def parser(description: str, method: bool = True) -> argparse.ArgumentParser:
 
 
 class Stage:
-    """Validated params, the stage's logger and tracker, and the runtime, for one invocation."""
+    """Validated params, the job's rule, logger and tracker, and the runtime, for one invocation
+    of a command (``name``: ``stages/<name>.py``)."""
 
-    def __init__(self, name: str, args: argparse.Namespace, log_name: str | None = None):
+    def __init__(self, name: str, args: argparse.Namespace):
         self.name = name
         self.params = load_params(args.params)  # before anything else: bad params stop here
         self.dataset = getattr(args, "dataset", None)
         self.method = getattr(args, "method", None)
         self.ipc = getattr(args, "ipc", None)
+        self.shard = getattr(args, "shard", None)
         if self.dataset is not None and self.dataset not in self.params["datasets"]:
             raise ParamsError(f"--dataset: {self.dataset!r} is not a key of `datasets` in {args.params} "
                               f"(available: {sorted(self.params['datasets'])})")
@@ -66,14 +72,16 @@ class Stage:
             raise ValueError(f"--method: unknown method {self.method!r}; choose from {METHODS + BASELINES}")
         if self.ipc is not None and self.ipc < 1:
             raise ValueError(f"--ipc: must be a positive integer, got {self.ipc}")
-        self.log_path = log_path(self.params, name, self.dataset, self.method, self.ipc, name=log_name)
+        given = {"dataset": self.dataset, "method": self.method, "ipc": self.ipc, "shard": self.shard}
+        self.rule = rule_for(name, given)
+        # the job's wildcards: the rule's own (a baseline's fixed method is the rule's, not the job's)
+        self.wildcards = {w: v for w, v in given.items() if w in RULES[self.rule].over}
+        self.log_path = log_path(self.params, self.rule, self.wildcards)
         # inputs, writable folders and free space, before anything is written (the log included)
-        check(self.params, name, self.dataset, self.method, self.ipc, getattr(args, "shard", None), self.log_path)
+        check(self.params, self.rule, self.wildcards, self.log_path)
         self.log = _setup_logging(self.log_path, name)
         sys.stderr = ProgressLog(_stderr(), logging.getLogger("stages.progress"))  # tqdm bars -> the log too
-        self.log.info("stage %s: %s", name, " ".join(f"{k}={v}" for k, v in
-                                                     (("dataset", self.dataset), ("method", self.method),
-                                                      ("ipc", self.ipc)) if v is not None))
+        self.log.info("stage %s: %s", name, " ".join(f"{k}={v}" for k, v in given.items() if v is not None))
         _CURRENT[:] = [self.params]  # run() names the setting or stage behind a failed file
         from atom.runtime import configure
 
@@ -85,15 +93,15 @@ class Stage:
     def start_run(self, method: str | None = None, ipc: int | None = None, **kwargs):
         """Open the stage's MLflow run now (RUNNING, before the compute); :func:`run` ends it.
         RUNNING runs of the same job left by a killed attempt are marked FAILED first."""
-        close_orphans(self.tracker(), self.name, method, ipc)
+        self.tracker().close_orphans(self.name, method, ipc)
         return self._runs.enter_context(self.tracker().run(self.name, method, ipc, **kwargs))
 
-    def remove_stale(self, *outputs: str | Path) -> None:
-        """Remove what killed writes of these outputs (path keys or paths) left behind."""
-        remove_stale([self.path(k) if isinstance(k, str) else k for k in outputs], self.log)
+    def remove_stale(self) -> None:
+        """Remove what killed writes of the rule's outputs (and its resumable state) left behind."""
+        remove_stale([self.path(k) for k in outputs(self.rule, state=True)], self.log)
 
     def path(self, key: str, **wildcards) -> Path:
-        wc = {"dataset": self.dataset, "method": self.method, "ipc": self.ipc}
+        wc = {"dataset": self.dataset, "method": self.method, "ipc": self.ipc, "shard": self.shard}
         wc.update(wildcards)
         return path(self.params, key, **wc)
 
@@ -105,7 +113,7 @@ class Stage:
         return self._tracker
 
     def resolved_device(self) -> str:
-        from atom.distill import resolve_device
+        from atom.sets import resolve_device
 
         return str(resolve_device(self.device))
 

@@ -1,11 +1,12 @@
-"""A stage's MLflow run from start to end, whatever ends the stage.
+"""Signals and the end of a stage: whatever ends it, what it opened is closed.
 
-:meth:`stages.runtime.Stage.start_run` opens the run before the compute (RUNNING) and
-registers it here; :func:`call` runs the stage's ``main`` with SIGTERM turned into the
-exception :class:`Terminated` and SIGINT into ``KeyboardInterrupt``, then ends every registered
-run: FINISHED when ``main`` returned, FAILED with the error (the signal included) when it raised.
-SIGKILL cannot be caught: such a run stays RUNNING, and the next attempt of the same job marks it
-FAILED (:meth:`stages.tracking.Tracker.run`).
+:meth:`stages.common.runner.Stage.start_run` opens the stage's MLflow run before the compute
+(RUNNING) and registers it here; :func:`call` runs the stage's ``main`` with SIGTERM turned
+into the exception :class:`Terminated` and SIGINT into ``KeyboardInterrupt``, then closes
+every registered context: the run ends FINISHED when ``main`` returned, FAILED with the error
+(the signal included) when it raised. SIGKILL cannot be caught: such a run stays RUNNING, and
+the next attempt of the same job marks it FAILED
+(:meth:`stages.common.tracking.Tracker.close_orphans`).
 
 A signal turned into an exception can land between any two bytecodes. Inside a tracking write that
 is unsafe: an exception raised in a context manager's ``__enter__``/``__exit__`` leaves it
@@ -108,40 +109,3 @@ def _ignore_signals() -> None:
     # the runs' last writes: a second Ctrl-C or SIGTERM must not leave them half-ended
     for s in _SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-
-
-def close_orphans(tracker, stage: str, method: str | None, ipc: int | None) -> int:
-    """Mark FAILED the RUNNING runs of the same job whose process (on this host) is gone: a
-    SIGKILL leaves them open. Returns how many were closed."""
-    import socket
-
-    if tracker.client is None:
-        return 0
-    query = " and ".join([f"tags.stage = '{stage}'", f"tags.dataset = '{tracker.dataset}'",
-                          f"tags.method = '{method or ''}'", f"tags.ipc = '{'' if ipc is None else ipc}'",
-                          "attributes.status = 'RUNNING'"])
-    runs = tracker._guard("search runs", tracker.client.search_runs, [tracker.experiment_id], query) or []
-    host, closed = socket.gethostname(), 0
-    for r in runs:
-        tags = r.data.tags
-        if tags.get("host") != host or not tags.get("pid", "").isdigit() or _alive(int(tags["pid"])):
-            continue
-        tracker._guard("close run", tracker.client.set_tag, r.info.run_id, "error",
-                       f"process {tags['pid']} ended without closing the run (killed)")
-        tracker._guard("close run", tracker.client.set_terminated, r.info.run_id, "FAILED")
-        closed += 1
-    if closed:
-        tracker.log.warning("mlflow: marked %d run(s) of a killed earlier attempt FAILED", closed)
-    return closed
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

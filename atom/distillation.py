@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
+from .events import Checkpointed, Listener, Progress, Resumed, Validated, emit
 from .formation import check_factor, decode, encode
 from .io import load_tensors, save_tensors
 from .losses import LossConfig, MatchingLoss
@@ -407,13 +408,17 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
             checkpoint_path: str | Path | None = None, resume: bool = False, progress: bool = True,
             callback: Callable[[int, Tensor], None] | None = None,
             validator: Callable[[Tensor, Tensor], float] | None = None, pool: EncoderPool | None = None,
-            **config) -> DistillResult:
+            on_event: Listener | None = None, **config) -> DistillResult:
     """Distil ``images`` (N, C, H, W) with integer ``labels`` into ``ipc`` images per class.
 
     ``config`` takes any :class:`DistillConfig` field (iterations, batch_real, lr_img, seed,
     net, loss, dsa_params, ...). With ``checkpoint_path`` and ``checkpoint_every > 0`` the
     state is saved periodically (atomically); ``resume=True`` continues from it.
     ``callback(iteration, images)`` is called every ``snapshot_every`` iterations.
+    ``on_event`` receives what the run reports as it goes (:mod:`atom.events`): the loss every
+    ``log_every`` iterations (:class:`~atom.events.Progress`), each validation score with the
+    best so far (:class:`~atom.events.Validated`), each checkpoint written
+    (:class:`~atom.events.Checkpointed`) and a resume (:class:`~atom.events.Resumed`).
     ``validator(images, labels) -> score`` (higher is better) is called on the initial set and
     every ``validate_every`` iterations and at the end; the result then carries the best set
     (:class:`atom.validation.BestSnapshot`). Pass only training images here: the validator
@@ -488,6 +493,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
         if "best" in state:
             best = BestSnapshot.from_state(state["best"])
         log.info("resumed from %s at iteration %d", ckpt, start)
+        emit(on_event, Resumed(start, ckpt))
 
     step = DistillStep(cfg, images, labels, k, dev, dtype, pool=pool if uses_pool else None)
     log.info("speed settings on %s: %s", dev, ", ".join(f"{key}={v}" for key, v in step.settings.items()))
@@ -507,6 +513,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
                       "losses": torch.tensor(losses, dtype=torch.float64), "best": best.state_dict(),
                       "pool": fingerprint,
                       "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
+        emit(on_event, Checkpointed(iteration, ckpt))
 
     def validate(iteration: int):
         score = float(validator(*decode(syn.detach().cpu().clone(), syn_labels, cfg.factor)))
@@ -514,6 +521,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
             log.info("iteration %d: validation %.4g (new best)", iteration, score)
         else:
             log.info("iteration %d: validation %.4g (best %.4g at %d)", iteration, score, best.score, best.iteration)
+        emit(on_event, Validated(iteration, score, best.iteration, best.score))
 
     if validator is not None and start == 0:
         validate(0)
@@ -538,6 +546,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
                 raise FloatingPointError(f"loss became {losses[-1]} at iteration {done}; lower lr_img")
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
             log.info("iteration %d/%d loss %.6g", done, cfg.iterations, losses[-1])
+            emit(on_event, Progress(done, cfg.iterations, losses[-1]))
         if validator is not None and ((cfg.validate_every and done % cfg.validate_every == 0)
                                       or done == cfg.iterations):
             validate(done)
