@@ -42,10 +42,7 @@ RT = config["runtime"]
 GPU = 0 if RT["device"] == "cpu" else int(RT["device"].startswith("cuda") or shutil.which("nvidia-smi") is not None)
 
 wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
-    method="|".join(C.METHODS),
-    ipc="[0-9]+",
-    shard="[0-9]+",
+    **C.WILDCARD_PATTERNS,
 
 
 def inputs(rule):

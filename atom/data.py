@@ -153,14 +153,16 @@ def _digits_download(raw_dir: Path, test_fraction: float = 0.2, seed: int = 0) -
     out = raw_dir / "digits.pt"
     save_tensors({"train_images": d.train_images, "train_labels": d.train_labels,
                   "test_images": d.test_images, "test_labels": d.test_labels,
-                  "classes": d.classes}, out)
+                  "classes": d.classes}, out, kind="digits")
     return out
 
 
 def _digits_load(raw_dir: Path, **_ignored) -> ImageDataset:
     from .io import load_tensors
 
-    t = load_tensors(raw_dir / "digits.pt")
+    t = load_tensors(raw_dir / "digits.pt", kind="digits",
+                     fields={"train_images": "float[4]", "train_labels": "int[1]", "test_images": "float[4]",
+                             "test_labels": "int[1]", "classes": "list"})
     return ImageDataset("digits", t["train_images"], t["train_labels"], t["test_images"],
                         t["test_labels"], list(t["classes"]))
 

@@ -193,6 +193,10 @@ class CheckpointMismatchError(ValueError):
     """``resume=True`` found a checkpoint made with other settings (the message names the key)."""
 
 
+# What a checkpoint holds (atom.io.check_fields): a file lacking one is refused, never a KeyError.
+CHECKPOINT_FIELDS = {"images": "float[4]", "labels": "int[1]", "optimizer": "dict", "generator": "tensor",
+                     "iteration": "int", "losses": "float[1]", "best": "dict", "config": "dict"}
+
 # Keys that must agree between a checkpoint and the run resuming from it.
 _RESUME_KEYS = ("ipc", "method", "iterations", "batch_real", "lr_img", "momentum", "lr_schedule", "lr_milestones",
                 "lr_gamma", "clamp", "init", "init_options", "seed", "net", "loss", "dsa", "dsa_params",
@@ -470,7 +474,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
 
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if resume and ckpt is not None and ckpt.exists():
-        state = load_tensors(ckpt)
+        state = load_tensors(ckpt, kind="checkpoint", fields=CHECKPOINT_FIELDS)
         saved = state["config"]
         for key in _RESUME_KEYS:
             if saved.get(key) != getattr(cfg, key):
@@ -512,7 +516,7 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
                       **({} if gd is g else {"device_generator": gd.get_state()}),
                       "losses": torch.tensor(losses, dtype=torch.float64), "best": best.state_dict(),
                       "pool": fingerprint,
-                      "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt)
+                      "config": {key: getattr(cfg, key) for key in _RESUME_KEYS}}, ckpt, kind="checkpoint")
         emit(on_event, Checkpointed(iteration, ckpt))
 
     def validate(iteration: int):

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .augment import DSA, DSAParams
 from .events import Listener, MemberTrained, emit
-from .io import load_tensors, save_tensors
+from .io import check_fields, load_tensors, save_tensors
 from .networks import ConvNet, init_weights
 from .runtime import tune_allocator
 from .sets import check_dataset, resolve_device
@@ -47,6 +47,14 @@ from .sets import check_dataset, resolve_device
 __all__ = ["PoolConfig", "EncoderPool", "train_pool", "ENCODERS", "member_seed"]
 
 ENCODERS = ("random", "pool", "trained")
+# what the files of this module hold (atom.io.check_fields): a pool, one member's state (a
+# finished member, or one in progress), and each member of a pool
+POOL_FIELDS = {"members": "list", "net": "dict", "channels": "int", "num_classes": "int", "im_size": "int",
+               "meta": "dict"}
+MEMBER_FIELDS = {"config": "dict", "index": "int", "done": "bool", "epoch": "int", "losses": "float[1]",
+                 "seconds": "number"}
+DONE_FIELDS = {"init": "dict", "trained": "dict", "train_accuracy": "number"}
+PROGRESS_FIELDS = {"weights": "dict", "optimizer": "dict", "generator": "tensor"}
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +119,9 @@ def _accuracy(net: nn.Module, x: Tensor, y: Tensor, dev: torch.device, batch: in
 
 
 def _train_member(cfg: PoolConfig, index: int, x: Tensor, y: Tensor, k: int, dev: torch.device,
-                  state_file: Path | None, progress: bool) -> dict:
-    """Train member ``index`` (resuming from ``state_file`` when it holds this member's state)."""
+                  state_file: Path | None, progress: bool, state_key: str | None = None) -> dict:
+    """Train member ``index`` (resuming from ``state_file`` when it holds this member's state,
+    made with these settings and, when given, the same ``state_key``)."""
     g = torch.Generator().manual_seed(member_seed(cfg.seed, index))
     net = init_weights(ConvNet(x.shape[1], k, x.shape[2], **cfg.net), g).to(dev)
     init = _state(net)
@@ -120,9 +129,13 @@ def _train_member(cfg: PoolConfig, index: int, x: Tensor, y: Tensor, k: int, dev
     dsa = DSA(DSAParams(**cfg.dsa_params)) if cfg.dsa else None
     start, seconds, losses = 0, 0.0, []
     if state_file is not None and state_file.exists():
-        st = load_tensors(state_file)
+        st = load_tensors(state_file, kind="pool-member", fields=MEMBER_FIELDS)
+        check_fields(st, state_file, "pool-member", DONE_FIELDS if st["done"] else PROGRESS_FIELDS)
         if st.get("config") != cfg.to_dict() or st.get("index") != index:
             log.warning("%s: made with other pool settings; training member %d afresh", state_file, index)
+        elif st.get("key") != state_key:
+            log.warning("%s: made by other code (the pool's training code changed since); training member %d "
+                        "afresh", state_file, index)
         else:
             if st["done"]:
                 log.info("pool member %d: finished already, reloaded from %s", index, state_file)
@@ -162,14 +175,15 @@ def _train_member(cfg: PoolConfig, index: int, x: Tensor, y: Tensor, k: int, dev
         log.info("pool member %d: epoch %d/%d loss %.4f (%.1fs)", index, epoch + 1, cfg.epochs, losses[-1],
                  time.perf_counter() - t0)
         if state_file is not None and epoch + 1 < cfg.epochs:
-            save_tensors({"config": cfg.to_dict(), "index": index, "done": False, "epoch": epoch + 1,
-                          "weights": _state(net), "optimizer": opt.state_dict(), "generator": g.get_state(),
-                          "seconds": seconds, "losses": torch.tensor(losses, dtype=torch.float64)}, state_file)
-    member = {"config": cfg.to_dict(), "index": index, "done": True, "epoch": cfg.epochs, "init": init,
-              "trained": _state(net), "seconds": seconds, "losses": torch.tensor(losses, dtype=torch.float64),
-              "train_accuracy": _accuracy(net, x, y, dev)}
+            save_tensors({"config": cfg.to_dict(), "index": index, "key": state_key, "done": False,
+                          "epoch": epoch + 1, "weights": _state(net), "optimizer": opt.state_dict(),
+                          "generator": g.get_state(), "seconds": seconds,
+                          "losses": torch.tensor(losses, dtype=torch.float64)}, state_file, kind="pool-member")
+    member = {"config": cfg.to_dict(), "index": index, "key": state_key, "done": True, "epoch": cfg.epochs,
+              "init": init, "trained": _state(net), "seconds": seconds,
+              "losses": torch.tensor(losses, dtype=torch.float64), "train_accuracy": _accuracy(net, x, y, dev)}
     if state_file is not None:
-        save_tensors(member, state_file)
+        save_tensors(member, state_file, kind="pool-member")
     return member
 
 
@@ -265,24 +279,28 @@ class EncoderPool:
                    state.get("meta"))
 
     def save(self, path: str | Path) -> Path:
-        return save_tensors(self.state(), path)
+        return save_tensors(self.state(), path, kind="pool")
 
     @classmethod
     def load_file(cls, path: str | Path) -> "EncoderPool":
-        state = load_tensors(path)
-        if not isinstance(state, dict) or "members" not in state:
-            raise ValueError(f"{path}: not a pool file (written by the pool stage / EncoderPool.save)")
+        """A pool saved by :meth:`save` (or the pool stage), checked (:func:`atom.io.load_tensors`):
+        a corrupt file, another kind of file or one lacking a field is an
+        :class:`atom.io.UnreadableFileError` naming it."""
+        state = load_tensors(path, kind="pool", fields=POOL_FIELDS)
+        for member in state["members"]:
+            check_fields(member, path, "pool", {"init": "dict", "trained": "dict"})
         return cls.from_state(state)
 
 
 def train_pool(images: Tensor, labels: Tensor, *, num_classes: int | None = None,
                device: str | torch.device = "auto", state_dir: str | Path | None = None, progress: bool = True,
-               on_event: Listener | None = None, **config) -> EncoderPool:
+               on_event: Listener | None = None, state_key: str | None = None, **config) -> EncoderPool:
     """Train ``config["models"]`` ConvNets (:class:`PoolConfig` fields) on ``images``/``labels``
     (pass the distillation training split only) and return them as an :class:`EncoderPool`.
 
     With ``state_dir`` every member's progress is saved there after each epoch (and when it is
-    done), and a rerun resumes from it. ``on_event`` gets an :class:`atom.events.MemberTrained`
+    done), and a rerun resumes from it; a member's state made with other settings, or with
+    another ``state_key`` (the pipeline passes a digest of the training code), is trained afresh. ``on_event`` gets an :class:`atom.events.MemberTrained`
     as each member ends."""
     cfg = PoolConfig(**config)
     k = check_dataset(images, labels, num_classes)
@@ -296,7 +314,7 @@ def train_pool(images: Tensor, labels: Tensor, *, num_classes: int | None = None
     members = []
     for i in range(cfg.models):
         m = _train_member(cfg, i, images, labels, k, dev, None if state is None else state / f"member{i}.pt",
-                          progress)
+                          progress, state_key)
         log.info("pool member %d/%d: trained %d epochs in %.1fs, training accuracy %.2f %%", i + 1, cfg.models,
                  cfg.epochs, m["seconds"], m["train_accuracy"])
         members.append(m)
@@ -324,4 +342,4 @@ class _EmptyPool:
                 "im_size": self.im_size, "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
-        return save_tensors(self.state(), path)
+        return save_tensors(self.state(), path, kind="pool")

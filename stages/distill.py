@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     run.log_params({"dataset": st.dataset, "method": st.method, "ipc": st.ipc, **kwargs})
     from atom.distillation import CheckpointMismatchError, distill
     from atom.events import Progress, Validated
-    from atom.io import load_tensors, save_tensors, sha256, write_json, write_text
+    from atom.io import sha256, write_json, write_text
     from atom.validation import carve, make_validator
 
-    prep = load_tensors(st.path("prepared"))  # only the training images are read below
+    prep = st.load("prepared")  # only the training images are read below
     k = len(prep["classes"])
     ckpt = st.path("checkpoint")
     device = st.resolved_device()
@@ -173,7 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     if uses_pool(kwargs):  # the pool stage's trained encoders
         from atom.pool import EncoderPool
 
+        from atom.io import UnreadableFileError
+
         pool = EncoderPool.load_file(st.path("pool"))
+        recorded = json.loads(st.path("pool_info").read_text()).get("fingerprint")
+        if pool.fingerprint != recorded:  # the weights are not those the pool stage trained and recorded
+            raise UnreadableFileError(st.path("pool"), f"holds a pool with fingerprint {pool.fingerprint[:16]}, not "
+                                                       f"{str(recorded)[:16]} that the pool stage recorded in "
+                                                       f"{st.path('pool_info')}")
         st.log.info("distilling inside the pool %s (%d members), encoder %s, calibration %s", st.path("pool"),
                     len(pool), kwargs["encoder"], kwargs["calibration"])
         run.log_params({"pool_fingerprint": pool.fingerprint})
@@ -198,9 +205,9 @@ def main(argv: list[str] | None = None) -> None:
 
     best_it = res.best_iteration if res.best_iteration is not None else len(res.losses)
     for key, images, it in (("synthetic", res.best_images, best_it), ("last", res.images, len(res.losses))):
-        save_tensors({"images": images, "labels": res.labels, "classes": list(prep["classes"]),
+        st.save(key, {"images": images, "labels": res.labels, "classes": list(prep["classes"]),
                       "dataset": st.dataset, "method": st.method, "ipc": st.ipc, "config": res.config,
-                      "iteration": it}, st.path(key))
+                      "iteration": it})
     write_text("iteration,accuracy\n" + "".join(f"{i},{a:.6g}\n" for i, a in res.val_curve), st.path("val_curve"))
     steps = list(range(1, len(res.losses) + 1))
     write_text("iteration,loss\n" + "".join(f"{s},{v:.9g}\n" for s, v in zip(steps, res.losses)),

@@ -37,9 +37,8 @@ from .common.tracking import MetricStream, run_name
 def synthetic_set(st: runner.Stage, prep: dict):
     """Rule ``evaluate``: a distilled set as a network trains on it (decoded when factor > 1)."""
     from atom.formation import training_set
-    from atom.io import load_tensors
 
-    return training_set(load_tensors(st.path("synthetic")))
+    return training_set(st.load("synthetic"))
 
 
 def whole_set(st: runner.Stage, prep: dict):
@@ -100,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
                        "seeds": seeds, "batched": batched, **cfg})
     from atom.events import SeedEvaluated
     from atom.evaluation import evaluate
-    from atom.io import load_tensors, write_json
+    from atom.io import write_json
 
-    prep = load_tensors(st.path("prepared"))
+    prep = st.load("prepared")
     k = len(prep["classes"])
     train_x, train_y = SETS[st.rule](st, prep)
     device = st.resolved_device()

@@ -10,7 +10,9 @@ protocol and seed ``nas.seed`` on the whole training part of the ``validation`` 
 random subset of the same size at every ipc of ``nas.ipcs``. It is scored on the validation
 split (the ranking) and on the test set (read after training, never used to choose).
 Writes ``<paths.results>/nas/<dataset>/shard<i>.json``: per candidate, its index in the space,
-its configuration, and per set its validation and test accuracy and seconds.
+its configuration, and per set its validation and test accuracy (and each set's size); and
+``shard<i>.info.json``: the training seconds per candidate and set (wall clock stays out of the
+shard, so the same inputs give the same bytes).
 
 MLflow: one run per shard (the candidates' accuracies by candidate index as steps).
 """
@@ -46,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("net", "epochs"):  # the candidate's net; nas.full_epochs / nas.proxy_epochs
         cfg.pop(key)
     cfg["arch"] = "convnet"
-    from atom.io import load_tensors, write_json
+    from atom.io import write_json
     from atom.nas import train_candidate
     from atom.validation import carve
 
-    prep = load_tensors(st.path("prepared"))
+    prep = st.load("prepared")
     k = len(prep["classes"])
     device = st.resolved_device()
     val = section(st.params, "validation", st.dataset)
@@ -64,18 +66,21 @@ def main(argv: list[str] | None = None) -> None:
     mine = cands[args.shard::len(nas["shards"])]
     st.log.info("shard %d of %d: %d of %d candidates, sets %s", args.shard, len(nas["shards"]), len(mine),
                 len(cands), list(sets))
-    rows = []
+    rows, seconds = [], {}
     for index, config in mine:
         scores = train_candidate(config, sets, val_x, val_y, test_x=prep["test_images"], test_y=prep["test_labels"],
                                  seed=nas["seed"], device=device, num_classes=k, **cfg)
+        # wall clock to the info file: the shard itself is the same bytes for the same inputs
+        seconds[str(index)] = {n: s.pop("seconds") for n, s in scores.items()}
         rows.append({"index": index, "config": config, "sets": scores})
         st.log.info("candidate %d %s: full %.2f, %s", index, config, scores[FULL]["val_accuracy"],
                     {n: round(s["val_accuracy"], 2) for n, s in scores.items() if n != FULL})
     out = {"dataset": st.dataset, "shard": args.shard, "shards": nas["shards"], "space_size": space_size,
            "candidates_total": len(cands), "sets": list(sets), "sample": nas["sample"], "seed": nas["seed"],
-           "device": device,
+           "device": device, "images": {n: int(x.shape[0]) for n, (x, _, _) in sets.items()},
            "proxy_epochs": nas["proxy_epochs"], "full_epochs": nas["full_epochs"], "rows": rows}
     write_json(out, st.path("nas_shard", shard=args.shard))
+    write_json({"seconds": seconds}, st.path("nas_shard_info", shard=args.shard))
 
     with st.tracker().run("nas", name=f"nas/{st.dataset}/shard{args.shard}",
                           extra_tags={"shard": str(args.shard)}) as run:

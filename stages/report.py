@@ -69,15 +69,17 @@ def tables_markdown(data: dict, labels: dict, dec: int) -> list[str]:
     nas = data["nas"]
     out += [f"NAS proxy: {nas['candidates']} candidate ConvNets (sample {nas['sample']}, seed {nas['seed']}), each "
             f"trained {nas['proxy_epochs']} epochs on the proxy and {nas['full_epochs']} on the whole training part; "
-            "ranked by validation accuracy; the pick's and the best candidate's whole-data test accuracy (%):", "",
-            "| proxy | Spearman | Kendall | pick: whole-data test | best: whole-data test | proxy time (s) "
-            "| whole-data time (s) | pick | best |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "ranked by validation accuracy; the pick's and the best candidate's whole-data test accuracy (%); the "
+            "proxy search's training as a share of the whole-data search's, in image-epochs (the wall-clock "
+            "seconds of both are in nas_merge's info.json):", "",
+            "| proxy | Spearman | Kendall | pick: whole-data test | best: whole-data test | proxy cost "
+            "| pick | best |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, v in nas["proxies"].items():
         method, _, ipc = name.partition("/ipc")
         out.append(f"| {labels.get(method, method)} IPC {ipc} | {v['spearman']:.3f} | {v['kendall']:.3f} | "
                    f"{v['picked']['full_test_accuracy']:.{dec}f} | {v['best']['full_test_accuracy']:.{dec}f} | "
-                   f"{v['proxy_seconds']:.0f} | {v['full_seconds']:.0f} | {_net(v['picked']['config'])} | "
+                   f"{100 * v['proxy_image_epochs'] / v['full_image_epochs']:.2g} % | {_net(v['picked']['config'])} | "
                    f"{_net(v['best']['config'])} |")
     return out + [""]
 

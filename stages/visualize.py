@@ -44,11 +44,12 @@ def set_pictures(st: runner.Stage) -> None:
     """Rule ``visualize``: the grid, the loss curve and the ImageFolder export of one set."""
     from atom import viz
     from atom.formation import training_set
-    from atom.io import load_tensors, sha256
+    from atom.io import sha256
 
     vz = st.params["visualize"]
-    syn = load_tensors(st.path("synthetic"))
-    prep = load_tensors(st.path("prepared"))
+    syn = st.load("synthetic")  # every input checked before anything is drawn
+    prep = st.load("prepared")
+    pre = st.load("preprocess")
     images, labels = training_set(syn)  # what a network trains on: the tiles of multi-formation
     title, sub = grid_caption(st.params, st.dataset, st.method, st.ipc, syn)
     grid = viz.plot_class_grid(images, labels, prep["state"], st.path("grid"), classes=prep["classes"],
@@ -66,7 +67,6 @@ def set_pictures(st: runner.Stage) -> None:
                          steps=[int(r["iteration"]) for r in rows], validation=val,
                          chosen=int(syn["iteration"]) if val else None,
                          title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
-    pre = load_tensors(st.path("preprocess"))
     folder = viz.export_imagefolder(syn["images"], syn["labels"], pre["state"], st.path("images"),
                                     classes=pre["classes"], scale=vz["png_scale"])
     st.log.info("wrote %s, %s and %d images under %s", grid, loss, syn["images"].shape[0], folder)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     run = st.start_run()  # RUNNING from here on; FAILED if anything below raises
     run.log_params({"preprocess": ds["preprocess"]})
     from atom import data, preprocess
-    from atom.io import save_tensors, write_json
+    from atom.io import write_json
 
     t0 = time.perf_counter()
     d = data.load(ds["loader"], st.path("raw"), **ds["options"])
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     state, train = preprocess.fit_apply(d.train_images, inplace=True, **ds["preprocess"])
     test = preprocess.apply(d.test_images, state, inplace=True)
     classes = [str(c) for c in d.classes]
-    save_tensors({"train_images": train, "train_labels": d.train_labels, "test_images": test,
-                  "test_labels": d.test_labels, "classes": classes, "state": state}, st.path("prepared"))
-    save_tensors({"state": state, "classes": classes, "shape": list(train.shape[1:])}, st.path("preprocess"))
+    st.save("prepared", {"train_images": train, "train_labels": d.train_labels, "test_images": test,
+                         "test_labels": d.test_labels, "classes": classes, "state": state})
+    st.save("preprocess", {"state": state, "classes": classes, "shape": list(train.shape[1:])})
     seconds = time.perf_counter() - t0
     c, h, w = (list(train.shape[1:]) + [1, 1])[:3]
     metrics = {"n_train": int(train.shape[0]), "n_test": int(test.shape[0]), "classes": len(classes),

@@ -42,8 +42,9 @@ def test_every_copy_of_the_method_list_equals_atom_losses_methods(schema):
         assert tuple(copy) == METHODS, where
     assert tuple(schema["properties"]["experiment"]["properties"]["baselines"]["items"]["enum"]) == layout.BASELINES
     assert tuple(report.LABELS) == METHODS + layout.BASELINES
-    # the Snakefile takes its wildcard constraint from the contract instead of spelling it out
-    assert '"|".join(C.METHODS)' in (ROOT / "Snakefile").read_text()
+    # the Snakefile takes its wildcard constraints from the contract instead of spelling them out
+    assert "**C.WILDCARD_PATTERNS" in (ROOT / "Snakefile").read_text()
+    assert layout.WILDCARD_PATTERNS["method"] == "|".join(METHODS)
 
 
 def _resolve(schema: dict, node: dict) -> dict:

@@ -236,7 +236,8 @@ SWEEP = textwrap.dedent("""
     tracker = Tracker(params, "digits", logging.getLogger("sweep"))
     client = MlflowClient(f"sqlite:///{here / 'mlflow.db'}")
     # where a half-entered context manager keeps a lock: contextlib, the store's lock, MLflow's sessions
-    WATCH = ("contextlib.py", os.sep + os.path.join("stages", "common", "tracking.py"), os.sep + os.path.join("mlflow", "store", "db", "utils.py"))
+    WATCH = ("contextlib.py", os.sep + os.path.join("stages", "common", "tracking.py"),
+             os.sep + os.path.join("stages", "common", "signals.py"), os.sep + os.path.join("mlflow", "store", "db", "utils.py"))
     state = {}
 
     def tracer(frame, event, arg):
@@ -249,14 +250,15 @@ SWEEP = textwrap.dedent("""
         return tracer
 
     def main(argv):
-        run = signals.register(contextlib.ExitStack()).enter_context(tracker.run("distill", "atom", 1))
-        state["run"] = run.run_id
-        sys.settrace(tracer)
+        sys.settrace(tracer)  # from the run's creation on: a signal there must not leave it RUNNING
         try:
+            run = signals.enter(signals.register(contextlib.ExitStack()),
+                                tracker.run("distill", "atom", 1, extra_tags={"target": str(state["target"])}))
             run.log_metrics({"loss": 0.5}, step=5)
         finally:
             sys.settrace(None)
         time.sleep(0.2)  # a signal sent at the write's last traced event lands here at the latest
+
 
     def stuck(signum, frame):
         print(json.dumps({"target": state["target"], "stuck": state.get("where")}), flush=True)
@@ -277,18 +279,22 @@ SWEEP = textwrap.dedent("""
         signal.alarm(0)
         if state["where"] is None:
             break  # the write has fewer traced events than this target
-        r = client.get_run(state["run"])
-        print(json.dumps({"target": target, "where": state["where"], "raised": raised, "status": r.info.status,
-                          "error": r.data.tags.get("error"), "seconds": time.monotonic() - t0}), flush=True)
+        # the runs this target created: none when the signal came before the creation
+        new = client.search_runs([tracker.experiment_id], f"tags.target = '{target}'")
+        print(json.dumps({"target": target, "where": state["where"], "raised": raised,
+                          "statuses": [r.info.status for r in new], "errors": [r.data.tags.get("error") for r in new],
+                          "seconds": time.monotonic() - t0}), flush=True)
 """)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_a_signal_at_any_point_of_a_tracking_write_still_ends_the_run_failed_at_once(tmp_path, signame):
-    # the signal is sent at each traced line of contextlib, the store's lock and MLflow's session
-    # maker during one metrics write; raised there, it used to leave the lock (or a SQLite write
-    # transaction) held by a half-entered context manager, and the writes that end the run waited
-    # on it for ever (or 20 s per attempt). It must be held until the write is done.
+def test_a_signal_at_any_point_of_a_runs_creation_or_a_write_still_ends_it_failed_at_once(tmp_path, signame):
+    # the signal is sent at each traced line of contextlib, the tracker and its store's lock and
+    # MLflow's session maker, from the run's creation through one metrics write; raised there, it
+    # used to leave the lock (or a SQLite write transaction) held by a half-entered context
+    # manager, and the writes that end the run waited on it for ever (or 20 s per attempt); or,
+    # in the creation, a run RUNNING. It must be held until the write is done, and every run
+    # created must end FAILED with the signal as its error.
     (tmp_path / "sweep.py").write_text(SWEEP)
     env = dict(project_env(ROOT), PYTHONPATH=str(ROOT))
     env.pop("MLFLOW_TRACKING_URI")
@@ -300,9 +306,11 @@ def test_a_signal_at_any_point_of_a_tracking_write_still_ends_the_run_failed_at_
     assert not stuck and res.returncode == 0, (stuck, res.stderr[-3000:])
     assert len(rows) >= 20, rows  # the write passes through that many points at least
     exc = "Terminated" if signame == "SIGTERM" else "KeyboardInterrupt"
+    created = [r for r in rows if r["statuses"]]
+    assert len(created) >= 20 and len(rows) - len(created) >= 5, rows  # both windows were hit
     for r in rows:
-        assert r["raised"] == exc and r["status"] == "FAILED" and r["seconds"] < 10, r
-        assert r["error"].startswith(exc) and (signame != "SIGTERM" or "SIGTERM" in r["error"]), r
+        assert r["raised"] == exc and r["seconds"] < 10 and r["statuses"] in ([], ["FAILED"]), r
+        assert all(e.startswith(exc) and (signame != "SIGTERM" or "SIGTERM" in e) for e in r["errors"]), r
 
 
 @pytest.mark.parametrize("signame,exc", [("SIGTERM", signals.Terminated), ("SIGINT", KeyboardInterrupt)])

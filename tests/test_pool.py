@@ -44,8 +44,8 @@ def test_a_pool_killed_mid_member_resumes_bit_identically(small, pool, tmp_path,
 
     real_save, saves = mod.save_tensors, []
 
-    def save_then_die(obj, path):  # the kill lands right after member 1's first epoch is saved
-        real_save(obj, path)
+    def save_then_die(obj, path, **kw):  # the kill lands right after member 1's first epoch is saved
+        real_save(obj, path, **kw)
         saves.append((obj["index"], obj["done"]))
         if obj["index"] == 1 and not obj["done"]:
             raise KeyboardInterrupt

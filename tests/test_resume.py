@@ -25,6 +25,7 @@ import yaml
 import atom
 
 from pipeline_support import make_project, project_env, tool
+from stages.common.runner import ATTEMPT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -96,6 +97,8 @@ def _check_resumed(root: Path, at: int) -> None:
     iterations = EXTRA["distill"]["iterations"]
     assert 0 < at < iterations, f"the kill did not land mid-distillation (checkpoint at {at})"
     log = (root / LOG).read_text()
+    assert log.count(ATTEMPT) == 2  # the killed attempt's log is kept, the rerun's appended after it
+    log = log.split(ATTEMPT)[-1]
     assert f"resumed from {CKPT} at iteration {at}" in log, log[-3000:]
     assert f"iteration {at + EXTRA['distill']['log_every']}/{iterations}" in log
     assert f"iteration {EXTRA['distill']['log_every']}/{iterations}" not in log  # nothing redone before `at`
@@ -263,7 +266,7 @@ def test_a_checkpoint_made_by_other_distillation_code_is_discarded_unless_kept(t
     for keep in (True, False):
         meta.write_text(json.dumps(dict(record, code="made by other code")))
         _sh(distill + (["--keep-checkpoint"] if keep else []), root)
-        log = (root / LOG).read_text()
+        log = (root / LOG).read_text().split(ATTEMPT)[-1]  # this attempt's part of the log
         assert ("kept, as --keep-checkpoint asks" in log) == keep and ("discarding it" in log) != keep
         assert (f"resumed from {CKPT} at iteration 4" in log) == keep
         assert json.loads(meta.read_text())["code"] == code_digest("distill")  # stamped anew

@@ -31,7 +31,7 @@ from itertools import product
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "LABELS", "WILDCARDS", "File", "FILES", "Input", "Gather",
+__all__ = ["ROOT", "PARAMS", "METHODS", "BASELINES", "LABELS", "WILDCARDS", "WILDCARD_PATTERNS", "File", "FILES", "RECORDS", "Input", "Gather",
            "Rule", "RULES", "pattern", "path", "experiments", "evaluations", "eval_path", "jobs", "job_wildcards",
            "inputs", "outputs", "rule_for", "arguments", "command_line", "producer", "setting", "job_name", "log_path",
            "benchmark_path", "match", "check_job", "uses_pool"]
@@ -43,8 +43,9 @@ BASELINES = ("random", "selected", "full")
 # display names of METHODS + BASELINES (the report's and the pictures')
 LABELS = {"atom": "ATOM", "datadam": "DataDAM", "dm": "DM", "random": "random real",
           "selected": "selected real", "full": "whole training set"}
-# the experiment's wildcards, in the order job names and commands spell them
+# the experiment's wildcards, in the order job names and commands spell them, and what each matches
 WILDCARDS = ("dataset", "method", "ipc", "shard")
+WILDCARD_PATTERNS = {"dataset": "[A-Za-z0-9_-]+", "method": "|".join(METHODS), "ipc": "[0-9]+", "shard": "[0-9]+"}
 
 
 # ------------------------------------------------------------------------------------- files
@@ -63,13 +64,27 @@ class File:
       delete declared outputs before a job runs, and a rerun must find it);
     - ``group``: a folder of one job's outputs, named only to place a file found inside it.
 
-    ``report``: Snakemake's ``report()`` annotation (caption file, category, ...) or None."""
+    ``report``: Snakemake's ``report()`` annotation (caption file, category, ...) or None;
+    ``record``: for a tensor file, what it holds (a key of :data:`RECORDS`): its writer stores
+    that name in it, and its readers refuse a file of another record or one lacking a field."""
 
     pattern: str
     kind: str = "data"
     folder: bool = False
     dvc_plot: dict | None = None
     report: dict | None = None
+    record: str | None = None
+
+
+# What each tensor file the stages hand each other holds: field -> spec (atom.io.check_fields:
+# float[4] / int[1] a floating / integer tensor of that many dimensions; dict, list, str, int, ...)
+RECORDS = {
+    "prepared": {"train_images": "float[4]", "train_labels": "int[1]", "test_images": "float[4]",
+                 "test_labels": "int[1]", "classes": "list", "state": "dict"},
+    "preprocess": {"state": "dict", "classes": "list", "shape": "list"},
+    "synthetic": {"images": "float[4]", "labels": "int[1]", "classes": "list", "dataset": "str", "method": "str",
+                  "ipc": "int", "config": "dict", "iteration": "int"},
+}
 
 
 _JOB_LABELS = {"dataset": "{dataset}", "method": "{method}", "ipc": "{ipc}"}
@@ -77,9 +92,9 @@ FILES = {
     "raw": File("{raw}/{dataset}", folder=True),
     "download_metrics": File("{results}/download/{dataset}.json", "metrics"),
     "download_info": File("{results}/download/{dataset}.info.json", "record"),
-    "prepared": File("{prepared}/{dataset}.pt"),
+    "prepared": File("{prepared}/{dataset}.pt", record="prepared"),
     # the fitted preprocessing (normalisation, ZCA) alone, for mapping sets back to pixels
-    "preprocess": File("{prepared}/{dataset}.preprocess.pt"),
+    "preprocess": File("{prepared}/{dataset}.preprocess.pt", record="preprocess"),
     "zca_metrics": File("{results}/zca/{dataset}.json", "metrics"),
     "zca_info": File("{results}/zca/{dataset}.info.json", "record"),
     "pool": File("{results}/pool/{dataset}/pool.pt"),
@@ -87,8 +102,8 @@ FILES = {
     "pool_info": File("{results}/pool/{dataset}/info.json", "record"),
     "pool_state": File("{state}/pool/{dataset}", "state", folder=True),
     "distill_dir": File("{results}/distill/{dataset}/{method}/ipc{ipc}", "group", folder=True),
-    "synthetic": File("{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt"),
-    "last": File("{results}/distill/{dataset}/{method}/ipc{ipc}/last.pt"),
+    "synthetic": File("{results}/distill/{dataset}/{method}/ipc{ipc}/synthetic.pt", record="synthetic"),
+    "last": File("{results}/distill/{dataset}/{method}/ipc{ipc}/last.pt", record="synthetic"),
     "loss_csv": File("{results}/distill/{dataset}/{method}/ipc{ipc}/loss.csv", "plot",
                      dvc_plot={"x": "iteration", "y": "loss"}),
     "val_curve": File("{results}/distill/{dataset}/{method}/ipc{ipc}/val_curve.csv", "plot",
@@ -120,6 +135,11 @@ FILES = {
     "nas_json": File("{results}/nas_merge/{dataset}/metrics.json", "record"),
     "nas_csv": File("{results}/nas_merge/{dataset}/candidates.csv", "record"),
     "nas_png": File("{results}/nas_merge/{dataset}/scatter.png"),
+    # wall-clock seconds live only in these info files (and logs, MLflow, benchmark files): every
+    # other output is the same bytes for the same inputs; no rule reads them but nas_merge
+    "crossarch_info": File("{results}/crossarch/{dataset}/ipc{ipc}/info.json", "record"),
+    "nas_shard_info": File("{results}/nas/{dataset}/shard{shard}.info.json", "record"),
+    "nas_info": File("{results}/nas_merge/{dataset}/info.json", "record"),
     "summary_md": File("{results}/report/summary.md", "record"),
     "summary_json": File("{results}/report/summary.json", "record"),
     "summary_csv": File("{results}/report/summary.csv", "record",
@@ -288,7 +308,8 @@ RULES = {r.name: r for r in (
          params=("pool", "distill.net", "validation.per_class", "validation.seed", "dsa", "protocol"), gpu=True),
     # the validation evaluator is the evaluate section with validation's epochs
     Rule("distill", DMI, ("synthetic", "last", "loss_csv", "val_curve", "distill_metrics", "distill_info"),
-         inputs=("prepared", Input("pool", needed_if=("distill", uses_pool))), keeps=("checkpoint", "checkpoint_meta"),
+         inputs=("prepared", Input("pool", needed_if=("distill", uses_pool)),
+                 Input("pool_info", needed_if=("distill", uses_pool))), keeps=("checkpoint", "checkpoint_meta"),
          params=("distill", "dsa", "runtime.seed", "evaluate", "validation", "protocol", "pool"), gpu=True),
     Rule("evaluate", DMI, ("eval_metrics", "eval_info"), inputs=("synthetic", "prepared"), params=_EVAL,
          branch="synthetic_set", gpu=True),
@@ -306,15 +327,16 @@ RULES = {r.name: r for r in (
          params=("visualize", "distill", "runtime.seed", "protocol")),
     Rule("accuracy", D, ("accuracy_png", "accuracy_csv"), inputs=(EVALUATIONS,), command="visualize",
          branch="accuracy_plot", params=("visualize", "experiment")),
-    Rule("crossarch", {"dataset": "experiment.datasets", "ipc": "crossarch.ipcs"}, ("crossarch",),
+    Rule("crossarch", {"dataset": "experiment.datasets", "ipc": "crossarch.ipcs"}, ("crossarch", "crossarch_info"),
          inputs=(SETS["crossarch"], "prepared"), gpu=True,
          params=("crossarch", "evaluate", "validation", "dsa", "runtime.seed", "experiment.methods", "protocol")),
-    Rule("nas", {"dataset": "experiment.datasets", "shard": "nas.shards"}, ("nas_shard",),
+    Rule("nas", {"dataset": "experiment.datasets", "shard": "nas.shards"}, ("nas_shard", "nas_shard_info"),
          inputs=(SETS["nas"], "prepared"), gpu=True,
          params=("nas", "evaluate", "validation", "dsa", "runtime.seed", "experiment.methods", "protocol")),
-    Rule("nas_merge", D, ("nas_json", "nas_csv", "nas_png"),
-         inputs=(Gather(("nas_shard",), lambda p, wc: [("nas_shard", {"dataset": wc["dataset"], "shard": s})
-                                                       for s in p["nas"]["shards"]]),),
+    Rule("nas_merge", D, ("nas_json", "nas_csv", "nas_png", "nas_info"),
+         inputs=(Gather(("nas_shard", "nas_shard_info"),
+                        lambda p, wc: [(key, {"dataset": wc["dataset"], "shard": s}) for s in p["nas"]["shards"]
+                                       for key in ("nas_shard", "nas_shard_info")]),),
          params=("nas", "experiment.methods", "visualize")),
     Rule("report", {}, ("summary_md", "summary_json", "summary_csv"), job="summary",
          inputs=(EVALUATIONS,
@@ -438,7 +460,7 @@ def benchmark_path(params: dict, rule: str, wildcards: dict) -> Path:
 
 def _regex(params: dict, key: str, inside: bool) -> re.Pattern:
     parts = re.split(r"\{(dataset|method|ipc|shard)\}", os.path.normpath(pattern(params, key)))
-    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts))
+    rx = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{WILDCARD_PATTERNS[p]})" for i, p in enumerate(parts))
     return re.compile(rx + ("(?:/.+)?" if inside and FILES[key].folder else ""))
 
 

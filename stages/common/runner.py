@@ -14,12 +14,15 @@ that builds a :class:`Stage`, which
 6. copies tqdm progress bars (with their time estimates) into the log (:class:`ProgressLog`).
 
 Before 3., :func:`stages.common.preflight.check` makes sure the job's inputs exist and that the
-folders it writes are writable and have room, so nothing is computed (or written) in vain.
+folders it writes are writable and have room, so nothing is computed (or written) in vain, and
+:mod:`stages.common.locks` refuses the job while another pipeline run (of either tool) holds the
+project or another process computes the same job.
 Its :meth:`Stage.start_run` opens the stage's MLflow run before the compute, and
 :meth:`Stage.remove_stale` removes the temp files that killed writes of the rule's outputs left.
 :func:`run` turns bad params or arguments into one clear line and exit code 2, an unusable
-tracking store into exit code 3, a missing input, an unusable or full folder, a write the
-file system refuses and a file refused for safety (or corrupt) into one line and exit code 4
+tracking store into exit code 3, a missing input, an unusable or full folder, a busy project, a
+write the file system refuses and a file refused for safety (or corrupt, or not the file
+expected) into one line and exit code 4
 (saying how to recover), SIGTERM/SIGINT into 143/130, and ends the stage's run FINISHED, or
 FAILED with the error (:mod:`stages.common.signals`).
 """
@@ -28,17 +31,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from .contract import BASELINES, METHODS, PARAMS, RULES, log_path, match, outputs, path, producer, rule_for, setting
+from .contract import (BASELINES, FILES, METHODS, PARAMS, RECORDS, RULES, command_line, job_name, log_path, match,
+                       outputs, path, producer, rule_for, setting)
+from .locks import ProjectBusy, claim_project, hold_job, release_jobs
 from .params import ParamsError, load_params
 from .preflight import PreflightError, check, refused_write
 from .recovery import remove_stale
-from .signals import Terminated, call, register
+from .signals import Terminated, call, enter, register
 from .tracking import Tracker, TrackingUnavailable
 
 __all__ = ["parser", "Stage", "run"]
@@ -77,9 +84,16 @@ class Stage:
         # the job's wildcards: the rule's own (a baseline's fixed method is the rule's, not the job's)
         self.wildcards = {w: v for w, v in given.items() if w in RULES[self.rule].over}
         self.log_path = log_path(self.params, self.rule, self.wildcards)
+        # the log's earlier attempts back under its name at once (Snakemake deleted it), even if
+        # this attempt is refused below
+        _keep_attempts(self.log_path)
         # inputs, writable folders and free space, before anything is written (the log included)
         check(self.params, self.rule, self.wildcards, self.log_path)
-        self.log = _setup_logging(self.log_path, name)
+        # one pipeline run per project, one process per job (stages.common.locks)
+        logs = Path(self.params["paths"]["logs"])
+        claim_project(logs)
+        hold_job(logs, RULES[self.rule].cmd, job_name(self.rule, self.wildcards))
+        self.log = _setup_logging(self.log_path, name, command_line(self.rule, self.wildcards))
         sys.stderr = ProgressLog(_stderr(), logging.getLogger("stages.progress"))  # tqdm bars -> the log too
         self.log.info("stage %s: %s", name, " ".join(f"{k}={v}" for k, v in given.items() if v is not None))
         _CURRENT[:] = [self.params]  # run() names the setting or stage behind a failed file
@@ -94,11 +108,26 @@ class Stage:
         """Open the stage's MLflow run now (RUNNING, before the compute); :func:`run` ends it.
         RUNNING runs of the same job left by a killed attempt are marked FAILED first."""
         self.tracker().close_orphans(self.name, method, ipc)
-        return self._runs.enter_context(self.tracker().run(self.name, method, ipc, **kwargs))
+        return enter(self._runs, self.tracker().run(self.name, method, ipc, **kwargs))
 
     def remove_stale(self) -> None:
         """Remove what killed writes of the rule's outputs (and its resumable state) left behind."""
         remove_stale([self.path(k) for k in outputs(self.rule, state=True)], self.log)
+
+    def load(self, key: str, **wildcards):
+        """A tensor file of the pipeline (``key`` of :data:`stages.common.contract.FILES`), checked:
+        its checksum, its record and the fields that record must hold (one line naming the file
+        otherwise: :func:`run` turns it into exit code 4 and how to rebuild it)."""
+        from atom.io import load_tensors
+
+        record = FILES[key].record
+        return load_tensors(self.path(key, **wildcards), kind=record, fields=RECORDS.get(record))
+
+    def save(self, key: str, obj, **wildcards) -> Path:
+        """Write a tensor file of the pipeline, naming its record in it (atomically, checksummed)."""
+        from atom.io import save_tensors
+
+        return save_tensors(obj, self.path(key, **wildcards), kind=FILES[key].record)
 
     def path(self, key: str, **wildcards) -> Path:
         wc = {"dataset": self.dataset, "method": self.method, "ipc": self.ipc, "shard": self.shard}
@@ -164,14 +193,43 @@ def _stderr():
     return sys.stderr.stream if isinstance(sys.stderr, ProgressLog) else sys.stderr
 
 
-def _setup_logging(file: Path, stage: str) -> logging.Logger:
+# the first line of each attempt in a job's log: a rerun appends, so a killed attempt's log stays
+ATTEMPT = "===== attempt"
+
+
+def _keep_attempts(file: Path) -> None:
+    """Make ``file`` a hard link to ``.<name>.attempts`` beside it, which holds every attempt.
+    Snakemake deletes a rule's ``log:`` file before it reruns the job; the other name keeps the
+    lines (a killed attempt's included), and the next attempt appends to them. Where the file
+    system has no hard links, the attempts are appended to ``file`` itself."""
+    keep = file.with_name(f".{file.name}.attempts")
+    try:
+        keep.touch(exist_ok=True)
+        if file.exists() and os.path.samefile(file, keep):
+            return
+        if file.exists():  # written without the link (an older version): keep its lines first
+            with open(keep, "a") as out:
+                out.write(file.read_text(errors="replace"))
+            file.unlink()
+        os.link(keep, file)
+    except OSError:
+        pass
+
+
+def _setup_logging(file: Path, stage: str, command: str) -> logging.Logger:
+    """Log to ``file`` (appended to, after a header line naming this attempt) and stderr; return
+    the stage's logger."""
     file.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fh = logging.FileHandler(file, mode="w")
+    _keep_attempts(file)
+    with open(file, "a") as f:
+        f.write(f"{ATTEMPT} {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()} on {socket.gethostname()}): "
+                f"{command} =====\n")
+    fh = logging.FileHandler(file, mode="a")
     fh.setFormatter(fmt)
     sh = logging.StreamHandler(_stderr())
     sh.setFormatter(fmt)
@@ -223,7 +281,15 @@ def _to_log_file(line: str) -> None:
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
     """Run a stage's ``main``; turn the errors a user meets into one line and an exit code:
     2 bad params/arguments, 3 an unusable tracking store, 4 a missing input, an unusable or
-    full folder, or a file refused for safety or unreadable (with how to recover)."""
+    full folder, a busy project, or a file refused for safety or unreadable (with how to
+    recover)."""
+    try:
+        return _run(main, argv)
+    finally:
+        release_jobs()  # the job's lock (a process that exits releases it anyway)
+
+
+def _run(main: Callable[[list[str] | None], None], argv: list[str] | None) -> int:
     log = logging.getLogger("stages")
     try:
         call(main, argv)
@@ -237,7 +303,7 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except PreflightError as exc:  # raised before anything was written, the log included
+    except (PreflightError, ProjectBusy) as exc:  # raised before anything was written, the log included
         print(f"error: {exc}", file=sys.stderr)
         return 4
     except ValueError as exc:

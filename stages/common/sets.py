@@ -8,7 +8,7 @@ drawn as the random baseline draws it (``runtime.seed``, from the training part 
 """
 from __future__ import annotations
 
-from .contract import path
+from .contract import RECORDS, path
 from .params import section
 
 __all__ = ["RANDOM", "FULL", "proxy_sets", "set_name"]
@@ -27,7 +27,8 @@ def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: in
 
     out = {}
     for m in params["experiment"]["methods"]:
-        syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc))
+        syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc), kind="synthetic",
+                           fields=RECORDS["synthetic"])
         out[m] = training_set(syn)  # decoded when distilled with factor > 1
     val = section(params, "validation", dataset)
     pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"],

@@ -22,7 +22,7 @@ import contextlib
 import signal
 from typing import Callable
 
-__all__ = ["Terminated", "register", "call", "shielded"]
+__all__ = ["Terminated", "register", "enter", "call", "shielded"]
 
 _OPEN: list[contextlib.ExitStack] = []
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -35,6 +35,14 @@ class Terminated(BaseException):
 def register(stack: contextlib.ExitStack) -> contextlib.ExitStack:
     _OPEN.append(stack)
     return stack
+
+
+def enter(stack: contextlib.ExitStack, cm):
+    """``stack.enter_context(cm)`` with SIGTERM/SIGINT held until the context's exit is
+    registered: a signal between its ``__enter__`` and the registration would leave what it
+    opened (an MLflow run) without anyone to close it."""
+    with shielded():
+        return stack.enter_context(cm)
 
 
 def _exception(signum: int) -> BaseException:

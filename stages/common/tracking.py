@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 
 from .signals import shielded
 
-__all__ = ["Tracker", "MetricStream", "tracking_uri", "experiment_name", "run_name", "flatten", "git_commit",
+__all__ = ["Tracker", "Run", "RunContext", "MetricStream", "tracking_uri", "experiment_name", "run_name", "flatten", "git_commit",
            "DEFAULT_TRACKING_URI", "PROBE_TIMEOUT", "TrackingUnavailable", "sqlite_path", "store_dir",
            "artifact_location", "lock_path", "file_lock", "check_reachable", "bound_http_retries"]
 
@@ -313,15 +313,13 @@ class Tracker:
         self.log.info("mlflow: %s, experiment %r, artifacts in %s", uri, name,
                       location if exp is None else exp.artifact_location)
 
-    @contextlib.contextmanager
     def run(self, stage: str, method: str | None = None, ipc: int | None = None,
-            parent: Run | None = None, name: str | None = None, extra_tags: dict | None = None) -> Iterator[Run]:
-        """Start a run (RUNNING) tagged with stage/dataset/method/ipc/git commit, host and pid;
-        end it FINISHED, or FAILED with the error (tag ``error``) if the block raises, SIGTERM
-        and SIGINT included (:func:`stages.common.signals.call` turns them into exceptions)."""
-        if not self.enabled:
-            yield Run(self, None)
-            return
+            parent: Run | None = None, name: str | None = None, extra_tags: dict | None = None) -> "RunContext":
+        """A context manager: start a run (RUNNING) tagged with stage/dataset/method/ipc/git
+        commit, host and pid; end it FINISHED, or FAILED with the error (tag ``error``) if the
+        block raises, SIGTERM and SIGINT included (:func:`stages.common.signals.call` turns them
+        into exceptions). A signal that arrives while the run is created, or while it is ended
+        FINISHED, is held until that write is done (:class:`RunContext`)."""
         tags = {"stage": stage, "dataset": self.dataset, "method": method or "", "ipc": "" if ipc is None else str(ipc),
                 "git_commit": self.commit, "mlflow.source.git.commit": self.commit,
                 "host": socket.gethostname(), "pid": str(os.getpid()),
@@ -329,17 +327,7 @@ class Tracker:
         if parent is not None and parent.run_id:
             tags["mlflow.parentRunId"] = parent.run_id
         tags.update(extra_tags or {})
-        info = self.call("create run", self.client.create_run, self.experiment_id, tags=tags)
-        if info is None and self.required:
-            raise TrackingUnavailable(f"MLflow tracking store {self.uri}: cannot create a run (see the warning above)")
-        handle = Run(self, info.info.run_id if info is not None else None)
-        try:
-            yield handle
-        except BaseException as exc:
-            handle.set_tag("error", f"{type(exc).__name__}: {str(exc) or 'interrupted (SIGINT)'}"[:5000])
-            handle._call("end run", self.client.set_terminated, "FAILED")
-            raise
-        handle._call("end run", self.client.set_terminated, "FINISHED")
+        return RunContext(self, tags)
 
     def find_runs(self, status: str | None = None, **tags: str) -> list:
         """This experiment's runs whose tags equal ``tags`` (and status, if given), newest first."""
@@ -373,6 +361,54 @@ class Tracker:
         if closed:
             self.log.warning("mlflow: marked %d run(s) of a killed earlier attempt FAILED", closed)
         return closed
+
+
+class RunContext:
+    """The run of :meth:`Tracker.run`. A class, not a generator: with ``@contextmanager`` a
+    signal raised in contextlib's ``__enter__`` just after the run was created (the generator
+    suspended at its ``yield``) left it RUNNING, as nothing ever resumed the generator. Here the
+    creation runs under :func:`~stages.common.signals.shielded`, and a signal held there (raised
+    when the shield ends) ends the new run FAILED before ``__enter__`` passes it on; ending the
+    run FINISHED is shielded the same way. Entering it into an ``ExitStack`` goes through
+    :func:`stages.common.signals.enter`, which holds signals until the exit is registered."""
+
+    def __init__(self, tracker: Tracker, tags: dict):
+        self.tracker, self.tags = tracker, tags
+        self.handle = Run(tracker, None)
+
+    def __enter__(self) -> Run:
+        t = self.tracker
+        if not t.enabled:
+            return self.handle
+        try:
+            with shielded():  # a signal during the creation is raised here, once the run has its id
+                info = t.call("create run", t.client.create_run, t.experiment_id, tags=self.tags)
+                self.handle.run_id = info.info.run_id if info is not None else None
+            if info is None and t.required:
+                raise TrackingUnavailable(f"MLflow tracking store {t.uri}: cannot create a run (see the warning "
+                                          "above)")
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+        return self.handle
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if self.handle.run_id is None:
+            return False
+        if exc is not None:
+            self._failed(exc)
+            return False
+        # a signal during the last write is raised after it (from here): the run stays FINISHED
+        with shielded():
+            self.handle._call("end run", self.tracker.client.set_terminated, "FINISHED")
+        return False
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.handle.run_id is None:
+            return
+        with shielded():  # a second signal waits until the run is ended
+            self.handle.set_tag("error", f"{type(exc).__name__}: {str(exc) or 'interrupted (SIGINT)'}"[:5000])
+            self.handle._call("end run", self.tracker.client.set_terminated, "FAILED")
 
 
 def _alive(pid: int) -> bool:
