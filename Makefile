@@ -4,6 +4,7 @@
 # make bench : side-by-side speed benchmarks
 # make paper : the paper protocol on CIFAR-10 content, with ATOM+ (a GPU; DATASET, IPCS, METHODS, PLUS, PROTOCOL, JOBS)
 # make slurm : the pipeline on a SLURM cluster (profiles/slurm; needs the [slurm] extra)
+# make test-slurm : the pipeline through a one-node SLURM cluster the test starts (root, slurm-wlm, munge)
 # make dvc.yaml : regenerate dvc.yaml from the pipeline's declaration (stages/common/contract.py)
 # Each target creates .venv (pip) when it is missing.
 PYTHON ?= python3
@@ -23,7 +24,7 @@ JOBS     ?= 1
 # methods also run as their + variant (trained encoders + calibration, protocol $(PROTOCOL)-atomplus); PLUS= : none
 PLUS     ?= atom
 
-.PHONY: run test test-slow ui bench paper venv clean slurm
+.PHONY: run test test-slow test-slurm ui bench paper venv clean slurm
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -47,10 +48,14 @@ dvc.yaml: $(STAMP) $(wildcard stages/*.py stages/common/*.py atom/*.py)
 	$(PY) -m stages.common.dvc_yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not slurm"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# the pipeline through a one-node SLURM cluster the test starts (root; apt-get install -y slurm-wlm munge)
+test-slurm: $(STAMP)
+	$(PY) -m pytest -q -m slurm -rs
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(PORT)

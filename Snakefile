@@ -23,6 +23,7 @@ sys.path.insert(0, workflow.basedir)
 from stages.common import contract as C  # noqa: E402
 from stages.common.codedeps import code_deps  # noqa: E402
 from stages.common.params import check_params, stage_params  # noqa: E402
+from stages.common.preflight import memory_mb  # noqa: E402
 
 configfile: "params.yaml"
 # `snakemake --report report.html` (or .zip): the results table, the accuracy plot, every
@@ -70,6 +71,17 @@ def outputs(rule):
     return out
 
 
+onstart:
+    # a SLURM run that could not learn when its jobs end would wait for ever: stop it first, in one line
+    from snakemake.exceptions import WorkflowError
+    from stages.common.cluster import ClusterProblem, check_executor
+
+    try:
+        check_executor(workflow)
+    except ClusterProblem as exc:
+        raise WorkflowError(f"profile: {exc}") from None
+
+
 rule all:
     input:
         [str(C.path(config, key, **{**C.RULES[rule].fixed, **wc})) for rule, wc in C.jobs(config)
@@ -98,6 +110,8 @@ for R in C.RULES.values():
             str(C.benchmark_path(config, R.name, WC))
         threads: RT["threads"]
         resources:
+            # what the job will hold, from the data's size (a profile's set-resources may override it)
+            mem_mb=lambda w, rule=R.name: memory_mb(config, rule, dict(w.items())),
             **({"gpu": GPU} if R.gpu else {}),
         shell:
             PY + " -m {params.module} {params.args}"

@@ -18,7 +18,7 @@ from pipeline_support import ROOT, free_port, make_project, project_env, stop_gr
 
 pytestmark = pytest.mark.timeout(300)
 
-GPU_RULES = {"distill", "evaluate", "evaluate_random", "evaluate_selected", "evaluate_full", "crossarch", "nas"}
+GPU_RULES = {"pool", "distill", "evaluate", "evaluate_random", "evaluate_selected", "evaluate_full", "crossarch", "nas"}
 
 
 def _dry_run_jobs(root: Path, *args: str) -> list[dict]:
@@ -27,11 +27,11 @@ def _dry_run_jobs(root: Path, *args: str) -> list[dict]:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     jobs, job = [], None
     for line in (res.stdout + "\n" + res.stderr).splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        m = re.match(r"^\s*(?:local)?rule (\w+):$", line)  # a group job's rules are indented
         if m:
             job = {"rule": m.group(1), "resources": None}
             jobs.append(job)
-        elif job is not None and line.startswith("    resources: "):
+        elif job is not None and line.strip().startswith("resources: "):
             job["resources"] = dict(kv.split("=", 1) for kv in line.strip()[len("resources: "):].split(", "))
     return [j for j in jobs if j["rule"] != "all"]
 
@@ -122,3 +122,76 @@ def test_stages_log_to_a_shared_mlflow_server(tmp_path, mlflow_server, monkeypat
     parents = [r for r, t in by_stage["evaluate"] if "mlflow.parentRunId" not in t]
     children = [t for _, t in by_stage["evaluate"] if "mlflow.parentRunId" in t]
     assert len(parents) == 1 and sorted(t["seed"] for t in children) == ["0", "1"]
+
+
+# --------------------------------------------------------- a profile that cannot hang (no cluster)
+
+@pytest.mark.parametrize("command,config,init,fix", [
+    ("sacct", {"AccountingStorageType": "accounting_storage/none", "MinJobAge": "600 sec"}, 20,
+     "slurm-status-command: squeue"),
+    ("squeue", {"AccountingStorageType": "accounting_storage/none", "MinJobAge": "30 sec"}, 20,
+     "slurm-init-seconds-before-status-checks to at most 10"),
+    ("squeue", {"AccountingStorageType": "accounting_storage/none", "MinJobAge": "600 sec"}, 20, None),
+    ("squeue", {"AccountingStorageType": "accounting_storage/slurmdbd", "MinJobAge": "30 sec"}, 20, None),
+    ("sacct", {"AccountingStorageType": "accounting_storage/slurmdbd", "MinJobAge": "300 sec"}, 40, None),
+])
+def test_a_status_command_that_cannot_work_is_named_with_its_fix(command, config, init, fix):
+    # squeue forgets a job MinJobAge after it ends, and the plugin uses it only while MinJobAge >=
+    # 3 x its first status delay (else it falls back to sacct); sacct needs accounting
+    from stages.common.cluster import status_problem
+
+    problem = status_problem(config, command, init)
+    assert (problem is None) == (fix is None), problem
+    if fix:
+        assert fix in problem and "\n" not in problem
+
+
+def test_the_slurm_profile_chooses_its_status_command_and_sizes_every_rule():
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["slurm-status-command"] == "squeue"
+    from stages.common.cluster import status_problem
+
+    # a cluster without accounting and with SLURM's default MinJobAge (300 s) works with it
+    assert status_problem({"AccountingStorageType": "accounting_storage/none", "MinJobAge": "300 sec"},
+                          profile["slurm-status-command"], profile["slurm-init-seconds-before-status-checks"]) is None
+    from stages.common.contract import RULES
+
+    assert set(profile["set-resources"]) == set(RULES)  # every rule, pool included, has its entry
+    assert not any("mem_mb" in r for r in profile["set-resources"].values())  # memory follows the data
+    assert not [r for r in profile["default-resources"] if r.startswith("mem_mb")]
+
+
+def test_the_cluster_script_refuses_in_one_line_where_it_cannot_work(monkeypatch, tmp_path):
+    import importlib.util
+    import socket
+
+    spec = importlib.util.spec_from_file_location("slurm_cluster", ROOT / "scripts/slurm_cluster.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script.os, "geteuid", lambda: 1000)
+    with pytest.raises(script.Refused, match="needs root"):
+        script.check_machine()
+    monkeypatch.setattr(script.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(script, "_which", lambda name: None)
+    with pytest.raises(script.Refused, match=r"munged not found: install the packages first \(apt-get install"):
+        script.check_machine()
+    monkeypatch.setattr(script, "_which", lambda name: f"/usr/sbin/{name}")
+
+    def unresolved(name):
+        raise OSError("unknown host")
+
+    monkeypatch.setattr(script.socket, "gethostbyname", unresolved)
+    with pytest.raises(script.Refused, match="does not resolve: add it to /etc/hosts"):
+        script.check_machine()
+    monkeypatch.setattr(script.socket, "gethostbyname", socket.gethostbyname)
+    # what it writes: partitions cpu and gpu on the one node, one gres line per fake GPU (each its
+    # own character device), squeue-friendly MinJobAge, no cgroups
+    conf = script.write_config(tmp_path, "n1", 2, False).read_text()
+    for line in ("PartitionName=cpu Nodes=n1 Default=YES", "PartitionName=gpu Nodes=n1", "GresTypes=gpu",
+                 "MinJobAge=600", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+                 "AccountingStorageType=accounting_storage/none", "SlurmdParameters=config_overrides"):
+        assert line in conf, line
+    gres = (tmp_path / "gres.conf").read_text().splitlines()
+    assert gres == ["NodeName=n1 Name=gpu File=/dev/null", "NodeName=n1 Name=gpu File=/dev/zero"]

@@ -150,7 +150,8 @@ def test_the_modules_the_snakefile_imports_load_without_torch():
     import sys
 
     code = ("import sys, stages.common.contract, stages.common.codedeps, stages.common.params, "
-            "stages.common.dvc_yaml, stages.common.runner, stages.common.tracking; "
+            "stages.common.dvc_yaml, stages.common.preflight, stages.common.cluster, stages.common.locks, "
+            "stages.common.runner, stages.common.tracking; "
             "bad = ({'torch', 'mlflow'} & {m.split('.')[0] for m in sys.modules}) | "
             "{m for m in sys.modules if m.startswith('atom.') and m != 'atom.catalog'}; "
             "sys.exit(' '.join(sorted(bad)) or None)")

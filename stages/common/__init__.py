@@ -9,10 +9,13 @@ By job:
 - running one job: :mod:`~stages.common.runner` (arguments, logging, exit codes),
   :mod:`~stages.common.preflight` (inputs, folders and free space before any compute),
   :mod:`~stages.common.signals` (SIGTERM/SIGINT, closing what a stage opened),
-  :mod:`~stages.common.recovery` (stale temp files, the distillation's clock across resumes);
+  :mod:`~stages.common.recovery` (temp files that killed writes left),
+  :mod:`~stages.common.locks` (one pipeline run per project whichever tool, one process per job);
+- the cluster: :mod:`~stages.common.cluster` (a SLURM run that could not track its jobs stops
+  before submitting anything);
 - recording: :mod:`~stages.common.tracking` (MLflow, the only module that talks to it);
 - shared data: :mod:`~stages.common.sets` (the proxy sets of crossarch and nas).
 
-contract, codedeps and params are torch-free: the Snakefile imports them. This file imports
-nothing, so a command depends only on the modules it uses.
+contract, codedeps, params, preflight and cluster are torch-free: the Snakefile imports them.
+This file imports nothing, so a command depends only on the modules it uses.
 """

@@ -36,7 +36,7 @@ from .contract import RULES, inputs, outputs, path, producer, setting
 from .params import section, train_counts
 
 __all__ = ["PreflightError", "MIN_FREE", "MARGIN", "check", "check_folders", "estimate", "data_shape", "human",
-           "refused_write"]
+           "refused_write", "memory_mb"]
 
 MIN_FREE = 16 * MiB  # per disk, beyond the estimate: logs, JSON records, figures, MLflow's own files
 MARGIN = 1.5         # on the estimate: files rewritten beside their old copy, formats' overheads
@@ -164,6 +164,33 @@ def estimate(params: dict, rule: str, wildcards: dict) -> dict[str, int]:
     if rule == "visualize" and ipc is not None:
         return {"paths.results": 2 * ipc * k * (c * h * w + 1024)}  # PNGs, at most about 2 bytes a pixel
     return {}
+
+
+# Memory a job asks a scheduler for: the interpreter with torch and MLflow (about 1 GiB resident,
+# measured on digits), plus the data it holds as float32 at its peak: zca decodes, converts and
+# whitens the whole set (about four copies); the stages that load the prepared file hold it and
+# the training part carved from it (two and a half).
+BASE_MB = 1536
+DATA_COPIES = {"download": 1.0, "zca": 4.0, "report": 0.0, "accuracy": 0.0, "nas_merge": 0.0}
+_SHAPES: dict[tuple, tuple | None] = {}
+
+
+def memory_mb(params: dict, rule: str, wildcards: dict) -> int:
+    """The memory (MiB) to request for a job of ``rule``: :data:`BASE_MB` plus the dataset's
+    float32 size times how many copies the rule holds (the Snakefile's ``mem_mb``, which a
+    profile's ``set-resources`` may override)."""
+    dataset = wildcards.get("dataset")
+    copies = DATA_COPIES.get(rule, 2.5)
+    shape = None
+    if dataset is not None and copies:
+        key = (dataset, str(path(params, "prepared", dataset=dataset)), str(path(params, "raw", dataset=dataset)))
+        if key not in _SHAPES:  # once per dataset: the Snakefile asks for every job
+            _SHAPES[key] = data_shape(params, dataset)
+        shape = _SHAPES[key]
+    if shape is None:
+        return BASE_MB
+    n_train, n_test, _, c, h, w = shape
+    return BASE_MB + int(copies * 4 * (n_train + n_test) * c * h * w / MiB) + 1
 
 
 # -------------------------------------------------------------------------------- folders
