@@ -24,8 +24,8 @@ touches):
   (seeds trained together), ``evaluation`` (over seeds: :func:`evaluate`, baselines),
   ``validation`` (the split that picks the kept iteration), ``nas`` (the proxy search);
 - around them: ``events`` (what long computations report as they go), ``io`` (safetensors
-  files, atomic writes), ``runtime`` (threads, allocator), ``viz`` (pictures and the
-  ImageFolder export).
+  files, atomic writes, checksums), ``runtime`` (threads, allocator), ``viz`` (pictures),
+  ``export`` (a set as a network trains on it, for other code: :func:`load_set`).
 
 The library takes devices, dtypes and hyperparameters as arguments; it reads no
 configuration files.
@@ -48,10 +48,11 @@ _EXPORTS = {
     "LossConfig": "losses", "MatchingLoss": "losses", "spatial_attention": "losses",
     "channel_attention": "losses",
     "EncoderPool": "pool", "train_pool": "pool",
+    "load_set": "export", "DistilledSet": "export",
 }
 # the submodules, also reachable as attributes (``atom.io.load_tensors`` after ``import atom``)
 _SUBMODULES = ("archive", "augment", "batched", "catalog", "data", "distillation", "eval_protocol", "evaluation",
-               "events", "formation", "imaging", "io", "losses", "nas", "networks", "pool", "preprocess",
+               "events", "export", "formation", "imaging", "io", "losses", "nas", "networks", "pool", "preprocess",
                "runtime", "selection", "sets", "speed", "validation", "viz")
 __all__ = list(_EXPORTS)
 
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .distillation import DistillResult, distill
     from .eval_protocol import train_evaluate
     from .evaluation import baseline_set, evaluate
+    from .export import DistilledSet, load_set
     from .losses import LossConfig, MatchingLoss, channel_attention, spatial_attention
     from .networks import ConvNet
     from .pool import EncoderPool, train_pool

@@ -6,8 +6,9 @@
 - ``distill``: learn one synthetic set (dataset x method x ipc);
 - ``evaluate``: train fresh networks on a set and test them (rules ``evaluate`` and the
   baselines ``evaluate_random``, ``evaluate_selected``, ``evaluate_full``);
-- ``visualize``: a set's pictures and ImageFolder export (rule ``visualize``), or a dataset's
-  accuracy plot (rule ``accuracy``);
+- ``visualize``: a set's pictures (rule ``visualize``), or a dataset's accuracy plot (rule
+  ``accuracy``);
+- ``export``: a set as a network trains on it, for other code (PNGs, tensors, manifest);
 - ``crossarch``: the sets on other architectures; ``nas`` / ``nas_merge``: the NAS proxy search;
 - ``report``: the summary of the whole matrix.
 

@@ -5,10 +5,12 @@
 Reads every evaluation (``<paths.results>/evaluate/...``) and distillation metrics file of the
 experiment matrix and writes ``<paths.results>/report/summary.md`` (per dataset: methods and
 baselines x ipc as mean +- std over n seeds, the paper's numbers from the spec's section 8
-where the dataset has them, the ordering checks, the method x architecture table of the
-crossarch stage and the NAS table of nas_merge) and ``summary.json`` (the same, with
-every per-seed value), and ``summary.csv`` (the results table, one row per evaluation, for
-Snakemake's ``--report``). MLflow: one `report` run per dataset with the means and the files.
+where the dataset has them, the ordering checks, the field's metrics HLR and IOR of every set
+(DD-Ranking's, from the final-epoch accuracies), the method x architecture table of the
+crossarch stage and the NAS table of nas_merge) and ``summary.json`` (the same, with every
+per-seed value), ``summary.csv`` (the results table, one row per evaluation, for Snakemake's
+``--report``) and ``metrics.json`` (numbers only: each set's accuracy, HLR and IOR, for `dvc
+metrics diff`). MLflow: one `report` run per dataset with the means, HLR, IOR and the files.
 """
 from __future__ import annotations
 
@@ -128,7 +130,41 @@ def collect(params: dict, dataset: str) -> dict:
             checks.append({"check": f"ordering at IPC {ipc}", "order": order,
                            "passed": order == [m for m in RANKED if m in present]})
     return {"rows": rows, "distill": distilled, "paper": params["datasets"][dataset]["paper"], "checks": checks,
-            **collect_tables(params, dataset)}
+            "field_metrics": field_metrics(rows), **collect_tables(params, dataset)}
+
+
+# DD-Ranking's names for how a set compares with the whole set and with random real images
+FIELD_METRICS = ("HLR (hard-label recovery) = whole-training-set accuracy - the set's accuracy (lower is better); "
+                 "IOR (improvement over random) = the set's accuracy - the accuracy of random real images at "
+                 "the same IPC (higher is better); both from this project's final-epoch test accuracies "
+                 "(DD-Ranking's own evaluator takes the best of its checkpoints and tunes the learning rate "
+                 "on test accuracy)")
+
+
+def field_metrics(rows: list[dict]) -> list[dict]:
+    """HLR and IOR of every distilled (and selected) set, from the evaluations' means; None
+    where the whole-set or the random baseline is not in the matrix."""
+    by = {(r["method"], r["ipc"]): r for r in rows}
+    full = by.get(("full", None))
+    out = []
+    for r in rows:
+        if r["method"] in ("full", "random"):
+            continue
+        rnd = by.get(("random", r["ipc"]))
+        out.append({"method": r["method"], "ipc": r["ipc"], "accuracy": r["mean"],
+                    "hlr": None if full is None else full["mean"] - r["mean"],
+                    "ior": None if rnd is None else r["mean"] - rnd["mean"]})
+    return out
+
+
+def metrics_json(summary: dict) -> dict:
+    """Numbers only, for `dvc metrics diff`: {dataset: {method: {ipc<k>: {accuracy, hlr, ior}}}}."""
+    out: dict = {}
+    for dataset, s in summary["datasets"].items():
+        for f in s["field_metrics"]:
+            out.setdefault(dataset, {}).setdefault(f["method"], {})[f"ipc{f['ipc']}"] = {
+                k: f[k] for k in ("accuracy", "hlr", "ior") if f[k] is not None}
+    return out
 
 
 def dataset_note(params: dict, dataset: str) -> str:
@@ -213,6 +249,12 @@ def markdown(params: dict, summary: dict) -> str:
                 + (f" (kept: {d['best_iteration']}{', its start' if d['best_iteration'] == 0 else ''})"
                    if d.get("best_iteration") is not None else "")
                 for d in s["distill"]) + ".", ""]
+        if s["field_metrics"]:
+            out += ["", f"The field's metrics: {FIELD_METRICS}.", "",
+                    "| set | IPC | accuracy | HLR | IOR |", "| --- | --- | --- | --- | --- |"]
+            num = lambda v: "-" if v is None else f"{v:.{dec}f}"  # noqa: E731
+            out += [f"| {labels.get(f['method'], LABELS[f['method']])} | {f['ipc']} | {num(f['accuracy'])} | "
+                    f"{num(f['hlr'])} | {num(f['ior'])} |" for f in s["field_metrics"]]
         out += [""] + tables_markdown(s, {**LABELS, **labels}, dec)
     return "\n".join(out).rstrip() + "\n"
 
@@ -241,11 +283,14 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(st.params, summary)
     write_text(text, st.path("summary_md"))
     write_text(table(st.params, summary), st.path("summary_csv"))
+    write_json(metrics_json(summary), st.path("summary_metrics"))
     st.log.info("wrote %s (commit %s)\n%s", st.path("summary_md"), git_commit(), text)
     for dataset, s in summary["datasets"].items():
         with st.tracker(dataset).run("report", name=f"report/{dataset}") as run:
             run.log_metrics({f"{r['method']}_{'all' if r['ipc'] is None else 'ipc%d' % r['ipc']}_mean": r["mean"]
                              for r in s["rows"]})
+            run.log_metrics({f"{f['method']}_ipc{f['ipc']}_{k}": f[k] for f in s["field_metrics"]
+                             for k in ("hlr", "ior") if f[k] is not None})
             run.log_artifact(st.path("summary_md"))
             run.log_artifact(st.path("summary_json"))
             run.log_artifact(st.path("summary_csv"))

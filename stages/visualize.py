@@ -5,7 +5,7 @@
            its left, real training images beside the distilled ones as a network trains on
            them (multi-formation tiles decoded), through the exact inverse preprocessing,
            upscaled to be legible), loss.png (with the validation curve and the
-           iteration kept), images/<class>/<n>.png (ImageFolder)
+           iteration kept); the set's files for other code are the export stage's
     python -m stages.visualize --dataset digits
         -> <paths.results>/visualize/digits/accuracy.png, accuracy.csv (accuracy vs ipc for
            every method and baseline in the experiment matrix)
@@ -49,7 +49,6 @@ def set_pictures(st: runner.Stage) -> None:
     vz = st.params["visualize"]
     syn = st.load("synthetic")  # every input checked before anything is drawn
     prep = st.load("prepared")
-    pre = st.load("preprocess")
     images, labels = training_set(syn)  # what a network trains on: the tiles of multi-formation
     title, sub = grid_caption(st.params, st.dataset, st.method, st.ipc, syn)
     grid = viz.plot_class_grid(images, labels, prep["state"], st.path("grid"), classes=prep["classes"],
@@ -67,9 +66,7 @@ def set_pictures(st: runner.Stage) -> None:
                          steps=[int(r["iteration"]) for r in rows], validation=val,
                          chosen=int(syn["iteration"]) if val else None,
                          title=f"{st.dataset} {st.method} ipc {st.ipc}", dpi=vz["dpi"])
-    folder = viz.export_imagefolder(syn["images"], syn["labels"], pre["state"], st.path("images"),
-                                    classes=pre["classes"], scale=vz["png_scale"])
-    st.log.info("wrote %s, %s and %d images under %s", grid, loss, syn["images"].shape[0], folder)
+    st.log.info("wrote %s and %s", grid, loss)
     tracker = st.tracker()
     with tracker.run("visualize", st.method, st.ipc) as run:
         run.log_params(vz)

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline_support import ROOT, make_project, project_env, tool
@@ -91,11 +92,12 @@ def _covers(dep: str, path: str) -> bool:
 # (experiment overrides, expected job count per rule): the default matrix, and two datasets x
 # one method x three ipcs
 MATRICES = {
-    "default": ({}, {"download": 1, "zca": 1, "pool": 1, "distill": 6, "evaluate": 6, "visualize": 6, "evaluate_random": 2,
+    "default": ({}, {"download": 1, "zca": 1, "pool": 1, "distill": 6, "evaluate": 6, "visualize": 6, "export": 6,
+                     "evaluate_random": 2,
                      "evaluate_selected": 2, "evaluate_full": 1, "accuracy": 1, "crossarch": 1, "nas": 2, "nas_merge": 1, "report": 1}),
     "two-datasets-one-method": ({"datasets": ["digits", "cifar10"], "methods": ["datadam"], "ipcs": [1, 10, 50]},
                                 {"download": 2, "zca": 2, "pool": 2, "distill": 6, "evaluate": 6, "visualize": 6,
-                                 "evaluate_random": 6, "evaluate_selected": 6, "evaluate_full": 2, "accuracy": 2, "crossarch": 2, "nas": 4,
+                                 "export": 6, "evaluate_random": 6, "evaluate_selected": 6, "evaluate_full": 2, "accuracy": 2, "crossarch": 2, "nas": 4,
                                  "nas_merge": 2, "report": 1}),
 }
 
@@ -140,7 +142,7 @@ def test_each_rule_depends_on_the_library_files_it_runs_and_no_others():
     # a loss variant reruns distill alone (and, through its sets, what reads them); a picture
     # change reruns the pictures; the data stages run neither
     assert users("atom/losses.py") == users("atom/distillation.py") == {"distill"}
-    assert users("atom/viz.py") == {"visualize", "accuracy", "nas_merge"}
+    assert users("atom/viz.py") == {"visualize", "export", "accuracy", "nas_merge"}
     assert users("atom/preprocess.py") == {"zca"} | users("atom/viz.py")  # viz maps sets back to pixels
     # one command, four rules: each runs its own branch only (the whole-set baseline runs no
     # selection, formation or validation-split code)
@@ -238,9 +240,9 @@ def _plan(root: Path, edited: str) -> set[str]:
 
 def test_an_edit_to_one_library_file_reruns_only_the_rules_that_run_it(snake_project):
     root, _ = snake_project
-    assert _plan(root, "atom/losses.py") == {"distill", "evaluate", "visualize", "crossarch", "nas", "nas_merge",
-                                             "accuracy", "report"}
-    assert _plan(root, "atom/viz.py") == {"visualize", "accuracy", "nas_merge", "report"}
+    assert _plan(root, "atom/losses.py") == {"distill", "evaluate", "visualize", "export", "crossarch", "nas",
+                                             "nas_merge", "accuracy", "report"}
+    assert _plan(root, "atom/viz.py") == {"visualize", "export", "accuracy", "nas_merge", "report"}
     assert _plan(root, "stages/report.py") == {"report"}
 
 
@@ -272,10 +274,16 @@ def test_snakemake_runs_the_whole_dag(snake_project):
     for metrics in (ev, full, rnd, json.loads((dist / "metrics.json").read_text())):
         assert all(isinstance(v, (int, float)) for v in metrics.values() if not isinstance(v, dict)), metrics
 
-    # ImageFolder export: <class>/<n>.png, ipc images per class, decodable, shaped like the data
+    # the export: <class>/<n>.png, ipc images per class, decodable, shaped like the data; set.pt
+    # loads back (atom.load_set) as exactly what the evaluate stage trained on
     from PIL import Image
 
-    folder = root / f"results/visualize/{d}/{m}/ipc{k}/images"
+    import atom
+    from atom.formation import training_set
+    from atom.io import load_tensors
+
+    export = root / f"results/export/{d}/{m}/ipc{k}"
+    folder = export / "images"
     classes = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))  # Snakemake stamps dirs
     assert classes == [str(i) for i in range(10)]
     for c in classes:
@@ -283,6 +291,10 @@ def test_snakemake_runs_the_whole_dag(snake_project):
         assert pngs == [f"{i}.png" for i in range(k)]
         with Image.open(folder / c / "0.png") as im:
             assert im.size == (8, 8) and im.mode == "L"
+    s = atom.load_set(export)
+    trained_x, trained_y = training_set(load_tensors(dist / "synthetic.pt"))
+    assert torch.equal(s.images, trained_x) and torch.equal(s.labels, trained_y)
+    assert s.manifest["method"] == m and s.manifest["ipc"] == k
     for name in ("grid.png", "loss.png"):
         assert (root / f"results/visualize/{d}/{m}/ipc{k}/{name}").stat().st_size > 0
     assert (root / f"results/visualize/{d}/accuracy.png").is_file()

@@ -108,7 +108,7 @@ def test_the_tiny_pipeline_runs_through_slurm_and_a_cancelled_distill_resumes(cl
     groups = [c for c in ran if c.startswith("rule_finish_")]
     assert {"download", "zca", "pool", "distill", "evaluate", "evaluate_random", "evaluate_full", "crossarch",
             "nas"} <= rules, ran
-    assert groups and all(r in groups[0] for r in ("visualize", "accuracy", "nas_merge", "report")), ran
+    assert groups and all(r in groups[0] for r in ("visualize", "export", "accuracy", "nas_merge", "report")), ran
 
     # the same outputs as the same params run with --cores, the resumed set included
     local = make_project(tmp_path / "local", EXTRA)

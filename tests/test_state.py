@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from pipeline_support import make_project, project_env, tool
-from stages import distill, download, evaluate, pool, visualize, zca
+from stages import distill, download, evaluate, export, pool, visualize, zca
 from stages.common import runner
 
 pytestmark = pytest.mark.timeout(600)
@@ -41,7 +41,7 @@ def project(tmp_path_factory):
     mp.setenv("TQDM_DISABLE", "1")
     for main, argv in ((download.main, ["--dataset", "digits"]), (zca.main, ["--dataset", "digits"]),
                        (pool.main, ["--dataset", "digits"]), (distill.main, ONE), (evaluate.main, ONE),
-                       (visualize.main, ONE)):
+                       (visualize.main, ONE), (export.main, ONE)):
         assert runner.run(main, argv) == 0, main.__module__
     yield root
     mp.undo()
@@ -50,7 +50,7 @@ def project(tmp_path_factory):
 # (file, the stage that reads it, another stage's file to put in its place)
 LOADERS = {
     "prepared": ("data/prepared/digits.pt", (distill.main, ONE), "results/distill/digits/atom/ipc1/synthetic.pt"),
-    "preprocess": ("data/prepared/digits.preprocess.pt", (visualize.main, ONE), "data/prepared/digits.pt"),
+    "preprocess": ("data/prepared/digits.preprocess.pt", (export.main, ONE), "data/prepared/digits.pt"),
     "pool": ("results/pool/digits/pool.pt", (distill.main, ONE), "state/distill/digits/atom/ipc1/checkpoint.pt"),
     "pool member": ("state/pool/digits/member0.pt", (pool.main, ["--dataset", "digits"]), "results/pool/digits/pool.pt"),
     "checkpoint": ("state/distill/digits/atom/ipc1/checkpoint.pt", (distill.main, ONE), "results/pool/digits/pool.pt"),

@@ -38,7 +38,7 @@ def stage_commands(params: dict) -> list[tuple[str, list[str] | None]]:
     one = ["--method", m, "--ipc", str(k)]
     return ([("download", []), ("zca", []), ("pool", []), ("distill", one), ("evaluate", one)]
             + [("evaluate", ["--method", b, "--ipc", str(k)]) for b in params["experiment"]["baselines"] if b != "full"]
-            + [("evaluate", ["--method", "full"]), ("visualize", one), ("visualize", [])]
+            + [("evaluate", ["--method", "full"]), ("visualize", one), ("export", one), ("visualize", [])]
             + [("crossarch", ["--ipc", str(i)]) for i in params["crossarch"]["ipcs"]]
             + [("nas", ["--shard", str(i)]) for i in params["nas"]["shards"]] + [("nas_merge", [])]
             + [("report", None)])
@@ -126,15 +126,16 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
     assert _ran(_sh([dvc, "repro"], root)) == {
         "download@digits", "zca@digits", "pool@digits", "distill@digits-atom-1", "evaluate@digits-atom-1",
         "evaluate_random@digits-1", "evaluate_selected@digits-1", "evaluate_full@digits",
-        "visualize@digits-atom-1", "accuracy@digits", "crossarch@digits-1", "nas@digits-0", "nas_merge@digits",
-        "report"}
+        "visualize@digits-atom-1", "export@digits-atom-1", "accuracy@digits", "crossarch@digits-1", "nas@digits-0",
+        "nas_merge@digits", "report"}
     assert "Data and pipelines are up to date" in _sh([dvc, "status"], root)
     # Snakemake in the same folder: DVC ran the stages in DAG order, so nothing is out of date
     assert "Nothing to be done" in _sh([tool("snakemake"), "-n", "--cores", "1"], root, stderr=True)
     # an edit to one library file: DVC finds changed exactly the stages whose command runs it
     # (their descendants rerun only if those stages' outputs then change)
     for edited, changed in (("atom/losses.py", {"distill@digits-atom-1"}),
-                            ("atom/viz.py", {"visualize@digits-atom-1", "accuracy@digits", "nas_merge@digits"})):
+                            ("atom/viz.py", {"visualize@digits-atom-1", "export@digits-atom-1", "accuracy@digits",
+                                             "nas_merge@digits"})):
         f = root / edited
         text = f.read_bytes()
         f.write_bytes(text + b"\n# a comment\n")
@@ -167,8 +168,8 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
     # distill and what reads its output or its params rerun; a stage whose deps come out
     # byte-identical (accuracy, when the tiny run's accuracies do not move) is skipped
     downstream = {"distill@digits-atom-1", "evaluate@digits-atom-1", "evaluate_selected@digits-1",
-                  "visualize@digits-atom-1", "accuracy@digits", "crossarch@digits-1", "nas@digits-0",
-                  "nas_merge@digits", "report"}
+                  "visualize@digits-atom-1", "export@digits-atom-1", "accuracy@digits", "crossarch@digits-1",
+                  "nas@digits-0", "nas_merge@digits", "report"}
     assert {"distill@digits-atom-1", "evaluate@digits-atom-1", "visualize@digits-atom-1"} <= _ran(second) <= downstream
     skipped = set(re.findall(r"Stage '([^']+)' didn't change", second))
     assert {"download@digits", "zca@digits", "pool@digits", "evaluate_random@digits-1", "evaluate_full@digits"} <= skipped
@@ -180,6 +181,9 @@ def test_dvc_reruns_what_changed_compares_commits_and_experiments_and_a_clone_pu
     diff = json.loads(_sh([dvc, "metrics", "diff", "HEAD~1", "--all", "--json"], root))
     old = params["distill"]["iterations"] - 2
     assert diff[dist]["iterations"] == {"old": old, "new": old + 2, "diff": 2}
+    # the field's metrics of every set, numbers only: accuracy, HLR, IOR
+    field = {k for k in diff["results/report/metrics.json"]}
+    assert {"digits.atom.ipc1.accuracy", "digits.atom.ipc1.hlr", "digits.atom.ipc1.ior"} <= field, field
     assert all(isinstance(diff[dist]["final_loss"][k], float) for k in ("old", "new"))
     plots = _sh([dvc, "plots", "diff", "HEAD~1", "--json", "--split"], root)
     assert '"rev": "HEAD~1"' in plots and '"rev": "workspace"' in plots and '"method": "random"' in plots

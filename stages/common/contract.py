@@ -122,7 +122,8 @@ FILES = {
     "loss_png": File("{results}/visualize/{dataset}/{method}/ipc{ipc}/loss.png",
                      report={"caption": "report/loss.rst", "category": "Curves", "subcategory": "{dataset}",
                              "labels": {**_JOB_LABELS, "figure": "loss and validation"}}),
-    "images": File("{results}/visualize/{dataset}/{method}/ipc{ipc}/images", folder=True),
+    # a set as a network trains on it, for other code (atom.export): images/, set.pt, manifest.json
+    "export": File("{results}/export/{dataset}/{method}/ipc{ipc}", folder=True),
     "accuracy_png": File("{results}/visualize/{dataset}/accuracy.png",
                          report={"caption": "report/accuracy.rst", "category": "Results", "subcategory": "{dataset}",
                                  "labels": {"dataset": "{dataset}", "figure": "accuracy by IPC"}}),
@@ -142,6 +143,8 @@ FILES = {
     "nas_info": File("{results}/nas_merge/{dataset}/info.json", "record"),
     "summary_md": File("{results}/report/summary.md", "record"),
     "summary_json": File("{results}/report/summary.json", "record"),
+    # numbers only, for `dvc metrics diff`: each set's accuracy, HLR and IOR
+    "summary_metrics": File("{results}/report/metrics.json", "metrics"),
     "summary_csv": File("{results}/report/summary.csv", "record",
                         report={"caption": "report/summary.rst", "category": "Results",
                                 "labels": {"table": "results"}}),
@@ -322,9 +325,10 @@ RULES = {r.name: r for r in (
          params=_EVAL + ("runtime.seed", "validation", "distill")),
     Rule("evaluate_full", D, ("eval_full", "eval_full_info"), inputs=("prepared",), command="evaluate",
          fixed={"method": "full"}, baseline="full", branch="whole_set", gpu=True, params=_EVAL),
-    Rule("visualize", DMI, ("grid", "loss_png", "images"), branch="set_pictures",
-         inputs=("synthetic", "loss_csv", "val_curve", "prepared", "preprocess"),
+    Rule("visualize", DMI, ("grid", "loss_png"), branch="set_pictures",
+         inputs=("synthetic", "loss_csv", "val_curve", "prepared"),
          params=("visualize", "distill", "runtime.seed", "protocol")),
+    Rule("export", DMI, ("export",), inputs=("synthetic", "preprocess"), params=("distill", "runtime.seed", "protocol")),
     Rule("accuracy", D, ("accuracy_png", "accuracy_csv"), inputs=(EVALUATIONS,), command="visualize",
          branch="accuracy_plot", params=("visualize", "experiment")),
     Rule("crossarch", {"dataset": "experiment.datasets", "ipc": "crossarch.ipcs"}, ("crossarch", "crossarch_info"),
@@ -338,7 +342,7 @@ RULES = {r.name: r for r in (
                         lambda p, wc: [(key, {"dataset": wc["dataset"], "shard": s}) for s in p["nas"]["shards"]
                                        for key in ("nas_shard", "nas_shard_info")]),),
          params=("nas", "experiment.methods", "visualize")),
-    Rule("report", {}, ("summary_md", "summary_json", "summary_csv"), job="summary",
+    Rule("report", {}, ("summary_md", "summary_json", "summary_csv", "summary_metrics"), job="summary",
          inputs=(EVALUATIONS,
                  Gather(("distill_metrics",), lambda p, wc: [("distill_metrics", dict(zip(("dataset", "method", "ipc"), e)))
                                                              for e in experiments(p)]),
