@@ -306,6 +306,22 @@ class DistillStep:
             self._real_sums = torch.compile(self._sums, dynamic=False, mode=cfg.compile_mode)
             self._syn_sums = torch.compile(self._sums, dynamic=False, mode=cfg.compile_mode)
 
+    def fall_back(self, exc: BaseException) -> bool:
+        """Drop the first of ``compile``, ``bf16`` that is on, with a warning naming it and the
+        error; False when both are off already (the error is not theirs)."""
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        for name in ("compile", "bf16"):
+            if self.settings.get(name):
+                log.warning("%s failed on %s (%s: %s); continuing without it (distill.%s: false)", name,
+                            self.device, type(exc).__name__, first, name)
+                self.settings[name] = False
+                if name == "compile":
+                    self._real_sums = self._syn_sums = self._sums
+                else:
+                    self.autocast = False
+                return True
+        return False
+
     def sample_real(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """A real batch (on the device) and its labels (on the CPU: they index DSA slots and
         class sums, and keeping them there avoids a device-to-host sync)."""
@@ -405,6 +421,29 @@ class DistillStep:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.expert(self._prepare(syn))
         return torch.nn.functional.cross_entropy(logits.float(), y_dev)
+
+
+def _first_step(step: DistillStep, syn: Tensor, syn_labels: Tensor, train_labels: Tensor, g: torch.Generator,
+                gd: torch.Generator, cfg: DistillConfig, opt: torch.optim.Optimizer) -> Tensor:
+    """The first iteration's forward and backward. ``compile`` and ``bf16`` fail, where they
+    fail, here (a compiler missing on the device, bf16 unsupported): then the step drops the
+    setting with a warning naming it (compile first, then bf16), the generators go back to
+    where the iteration started, and it runs again, so the run is the one eager float32 would
+    have made. A failure with neither setting on is raised as it is."""
+    states = (g.get_state(), None if gd is g else gd.get_state())
+    while True:
+        try:
+            loss = step(decode(syn, syn_labels, cfg.factor)[0], train_labels, gd)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss
+        except Exception as exc:  # noqa: BLE001 - which setting failed is unknowable from its type
+            if not step.fall_back(exc):
+                raise
+            g.set_state(states[0])
+            if states[1] is not None:
+                gd.set_state(states[1])
+            opt.zero_grad(set_to_none=True)
 
 
 def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", num_classes: int | None = None,
@@ -535,9 +574,13 @@ def distill(images: Tensor, labels: Tensor, *, ipc: int, method: str = "atom", n
     for it in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, it)
-        loss = step(decode(syn, syn_labels, cfg.factor)[0], train_labels, gd)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if it == start:  # the first step compiles: a setting this device cannot run falls back
+            loss = _first_step(step, syn, syn_labels, train_labels, g, gd, cfg, opt)
+            config["resolved"] = dict(step.settings)
+        else:
+            loss = step(decode(syn, syn_labels, cfg.factor)[0], train_labels, gd)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         if bounds is not None:
             with torch.no_grad():

@@ -108,3 +108,48 @@ def test_bad_tensors_name_the_argument(small):
         atom.distill(x, y + 5, ipc=1, num_classes=10, **FAST)
     with pytest.raises(ValueError, match="labels"):
         atom.distill(x, y - 1, ipc=1, **FAST)
+
+
+@pytest.mark.parametrize("setting", ["compile", "bf16"])
+def test_a_setting_the_device_cannot_run_falls_back_to_eager_float32_with_a_warning(small, monkeypatch, caplog,
+                                                                                   setting):
+    # a device without a compiler (torch.compile fails at its first call) or without bf16: the
+    # library warns naming the setting and goes on in eager float32; the generators go back to
+    # the first iteration's start, so the set is the one an eager float32 run makes
+    import atom.distillation as D
+
+    x, y = small
+    ref = atom.distill(x, y, ipc=1, seed=2, compile=False, bf16=False, **FAST)
+    if setting == "compile":
+        def broken(fn, **kw):
+            def run(*a, **k):
+                raise RuntimeError("no working C++ compiler found")
+            return run
+        monkeypatch.setattr(D.torch, "compile", broken)
+        message = "compile failed on cpu (RuntimeError: no working C++ compiler found); continuing without it"
+    else:
+        real = torch.autocast
+
+        def autocast(device_type, dtype=None, enabled=True, **kw):
+            if enabled and dtype == torch.bfloat16:
+                raise RuntimeError("bf16 is not supported on this device")
+            return real(device_type, dtype=dtype, enabled=enabled, **kw)
+        monkeypatch.setattr(D.torch, "autocast", autocast)
+        message = "bf16 failed on cpu (RuntimeError: bf16 is not supported on this device); continuing without it"
+    with caplog.at_level("WARNING", logger="atom.distillation"):
+        got = atom.distill(x, y, ipc=1, seed=2, compile=setting == "compile", bf16=setting == "bf16", **FAST)
+    assert message in caplog.text
+    assert torch.equal(got.images, ref.images) and got.losses == ref.losses
+    assert got.config["resolved"][setting] is False
+
+
+def test_a_failure_with_neither_setting_on_is_raised_as_it_is(small, monkeypatch):
+    import atom.distillation as D
+
+    x, y = small
+
+    def broken(self, *a, **k):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(D.DistillStep, "__call__", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        atom.distill(x, y, ipc=1, seed=2, compile=False, bf16=False, **FAST)
