@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .formation import decode
-from .io import UnreadableFileError, atomic_path, load_tensors, save_tensors, temp_dir
+from .io import UnreadableFileError, atomic_dir, load_tensors, save_tensors, write_json
 from .preprocess import apply, inverse
 
 __all__ = ["FORMAT", "DistilledSet", "write_export", "load_set"]
@@ -126,27 +125,13 @@ def write_export(record: dict, state: dict | None, out_dir: str | os.PathLike, *
         "files": {"tensor": TENSOR, "images": IMAGES, "stored": STORED if factor > 1 else None},
     }
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir.parent, f".{out_dir.name}.")
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_tensors({"images": images, "labels": labels, "classes": classes, "preprocess": state,
                       "manifest": manifest}, tmp / TENSOR, kind="set")
         export_imagefolder(images, labels, state, tmp / IMAGES, classes=classes)
         if factor > 1:
             export_imagefolder(stored, stored_labels, state, tmp / STORED, classes=classes)
-        with atomic_path(tmp / MANIFEST) as f:
-            f.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(manifest, tmp / MANIFEST)
     return out_dir
 
 

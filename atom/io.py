@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "save_tensors", "load_tensors", "check_fields", "UnreadableFileError", "UntrustedFileError",
+__all__ = ["atomic_path", "atomic_dir", "save_tensors", "load_tensors", "check_fields", "UnreadableFileError", "UntrustedFileError",
            "CorruptFileError", "write_json", "write_text", "sha256", "digest", "umask", "fsync_path", "temp_dir"]
 
 
@@ -113,6 +114,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 # value: {"__value__": the JSON skeleton of everything that is not a tensor, "__sha256__": the
 # checksum of the skeleton and every tensor (_digest), "__kind__": what the file is, or null};
 # files written before checksums hold the skeleton alone.
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh folder beside ``path``; on success it replaces ``path`` (the old one moved
+    aside to ``.<name>.old``, then removed), so a reader never sees half a folder; on failure it
+    is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(path.parent, f".{path.name}.")
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 _META = "atom.io"
 
 

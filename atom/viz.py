@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from .io import atomic_path, temp_dir
+from .io import atomic_dir, atomic_path
 from .preprocess import inverse
 
 __all__ = ["to_pixels", "class_grid", "save_grid", "plot_class_grid", "first_per_class", "export_imagefolder", "plot_loss", "plot_accuracy",
@@ -190,26 +189,13 @@ def export_imagefolder(images: Tensor, labels: Tensor, state: dict | None, out_d
     if len(set(names)) != len(names):
         raise ValueError("classes: two class names map to the same folder name")
     x = to_pixels(images, state)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out_dir.parent, f".{out_dir.name}.")
-    try:
+    with atomic_dir(out_dir) as tmp:
         counts = [0] * k
         for img, y in zip(x, labels.tolist()):
             folder = tmp / names[y]
             folder.mkdir(exist_ok=True)
             _to_pil(img, scale).save(folder / f"{counts[y]}.png", format="PNG")
             counts[y] += 1
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
