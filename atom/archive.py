@@ -19,13 +19,12 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from .io import temp_dir
+from .io import replace_dir, temp_dir
 
 __all__ = ["ARCHIVE_SUFFIXES", "is_archive", "check_member_name", "safe_extract", "safe_copytree",
            "replace_dir"]
@@ -111,18 +110,6 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 raise ValueError(f"{archive}: member {info.filename!r} is a special file; refusing to extract")
         for info in infos:
             zf.extract(info, dest)  # reads and CRC-checks each member
-
-
-def replace_dir(src: Path, dest: Path) -> None:
-    """Move the finished folder ``src`` onto ``dest``; an old ``dest`` is swapped out first and
-    deleted only after the new one is in place."""
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        os.replace(dest, old / dest.name)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _atomic_dir(dest: Path, fill: Callable[[Path], Path], prepare: Callable[[Path], None] | None) -> Path:

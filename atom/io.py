@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["atomic_path", "atomic_dir", "save_tensors", "load_tensors", "check_fields", "UnreadableFileError", "UntrustedFileError",
+__all__ = ["atomic_path", "atomic_dir", "replace_dir", "save_tensors", "load_tensors", "check_fields", "UnreadableFileError", "UntrustedFileError",
            "CorruptFileError", "write_json", "write_text", "sha256", "digest", "umask", "fsync_path", "temp_dir"]
 
 
@@ -109,35 +109,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-# The one metadata key (safetensors keeps its metadata in a hash map: several keys would come out
-# in another order in every process, and the same content would not give the same bytes). Its
-# value: {"__value__": the JSON skeleton of everything that is not a tensor, "__sha256__": the
-# checksum of the skeleton and every tensor (_digest), "__kind__": what the file is, or null};
-# files written before checksums hold the skeleton alone.
+def replace_dir(src: Path, dest: Path) -> None:
+    """Move the finished folder ``src`` onto ``dest``; an old ``dest`` is swapped out first and
+    deleted only after the new one is in place."""
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / dest.name)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh folder beside ``path``; on success it replaces ``path`` (the old one moved
-    aside to ``.<name>.old``, then removed), so a reader never sees half a folder; on failure it
-    is removed and ``path`` is left as it was."""
+    """Yield a fresh folder beside ``path``; on success it replaces ``path``
+    (:func:`replace_dir`), so a reader never sees half a folder; on failure it is removed and
+    ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, f".{path.name}.")
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
+        replace_dir(tmp, path)
         fsync_path(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+# The one metadata key (safetensors keeps its metadata in a hash map: several keys would come out
+# in another order in every process, and the same content would not give the same bytes). Its
+# value: {"__value__": the JSON skeleton of everything that is not a tensor, "__sha256__": the
+# checksum of the skeleton and every tensor (_digest), "__kind__": what the file is, or null};
+# files written before checksums hold the skeleton alone.
 _META = "atom.io"
 
 
