@@ -35,6 +35,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stages.common.locks import pid_alive  # noqa: E402  (stdlib only: runs under the system python)
+
 DEFAULT_DIR = Path("/tmp/atom-slurm")
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -140,16 +143,6 @@ def _spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _wait_idle(env: dict, host: str, timeout: float, procs: dict) -> None:
     deadline = time.monotonic() + timeout
     state = ""
@@ -170,7 +163,7 @@ def start(folder: Path, gpus: int, accounting: bool, timeout: float = 60.0) -> d
     host = check_machine(accounting)
     folder = folder.resolve()
     pids_file = folder / "pids.json"
-    if pids_file.exists() and any(_alive(p) for p in json.loads(pids_file.read_text()).values()):
+    if pids_file.exists() and any(pid_alive(p) for p in json.loads(pids_file.read_text()).values()):
         raise Refused(f"a cluster started from {folder} is running; stop it first (slurm_cluster.py stop --dir {folder})")
     if not 0 <= gpus <= len(FAKE_GPU_FILES):
         raise Refused(f"--gpus: between 0 and {len(FAKE_GPU_FILES)}, got {gpus}")
@@ -270,13 +263,13 @@ def _stop_pids(pids: dict[str, int], wait: float = 15.0) -> list[str]:
         except ProcessLookupError:
             continue
         deadline = time.monotonic() + wait
-        while _alive(pids[name]) and time.monotonic() < deadline:
+        while pid_alive(pids[name]) and time.monotonic() < deadline:
             try:
                 os.waitpid(pids[name], os.WNOHANG)
             except ChildProcessError:
                 pass
             time.sleep(0.1)
-        if _alive(pids[name]):
+        if pid_alive(pids[name]):
             os.killpg(pids[name], signal.SIGKILL)
         stopped.append(name)
     return stopped
@@ -312,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pids_file = a.dir.resolve() / "pids.json"
             pids = json.loads(pids_file.read_text()) if pids_file.exists() else {}
-            print(json.dumps({k: {"pid": v, "alive": _alive(v)} for k, v in pids.items()}))
+            print(json.dumps({k: {"pid": v, "alive": pid_alive(v)} for k, v in pids.items()}))
     except Refused as exc:
         print(f"slurm_cluster: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["ProjectBusy", "claim_project", "hold_job", "release_jobs", "workflow_run"]
+__all__ = ["ProjectBusy", "claim_project", "hold_job", "release_jobs", "workflow_run", "pid_alive"]
 
 _HELD: dict = {}  # path -> the open job-lock file: closing it (process exit) releases the lock
 
@@ -89,6 +89,17 @@ def workflow_run(pid: int | None = None) -> dict | None:
 def _alive(record: dict) -> bool:
     stat = _stat(int(record.get("pid", 0)))
     return stat is not None and stat[1] == record.get("start")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def claim_project(logs: Path) -> dict | None:

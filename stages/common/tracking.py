@@ -43,6 +43,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .locks import pid_alive
 from .signals import shielded
 
 __all__ = ["Tracker", "Run", "RunContext", "MetricStream", "tracking_uri", "experiment_name", "run_name", "flatten", "git_commit",
@@ -352,7 +353,7 @@ class Tracker:
         host, closed = socket.gethostname(), 0
         for r in runs:
             tags = r.data.tags
-            if tags.get("host") != host or not tags.get("pid", "").isdigit() or _alive(int(tags["pid"])):
+            if tags.get("host") != host or not tags.get("pid", "").isdigit() or pid_alive(int(tags["pid"])):
                 continue
             self.call("close run", self.client.set_tag, r.info.run_id, "error",
                       f"process {tags['pid']} ended without closing the run (killed)")
@@ -409,16 +410,6 @@ class RunContext:
         with shielded():  # a second signal waits until the run is ended
             self.handle.set_tag("error", f"{type(exc).__name__}: {str(exc) or 'interrupted (SIGINT)'}"[:5000])
             self.handle._call("end run", self.tracker.client.set_terminated, "FAILED")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class MetricStream:
