@@ -168,7 +168,7 @@ def test_an_uncreatable_results_path_is_one_line_naming_the_setting(tmp_path):
     assert not _new(root, before) and not (root / "data").exists() and not (root / "logs").exists()
 
 
-def test_the_space_estimate_follows_what_the_stage_writes():
+def test_the_space_estimate_follows_what_the_stage_writes(tmp_path):
     params = tiny_params(BASE)
     cifar = tiny_params(dict(BASE, experiment={"datasets": ["cifar10"]}))
     small = preflight.estimate(params, "distill", {"dataset": "digits", "method": "atom", "ipc": 1})
@@ -177,6 +177,14 @@ def test_the_space_estimate_follows_what_the_stage_writes():
     # CIFAR-10 before download: its archive and extracted files; prepared: 60,000 x 3,072 floats and the ZCA
     assert preflight.estimate(cifar, "download", {"dataset": "cifar10"})["paths.raw"] > 300 * MiB
     assert preflight.estimate(cifar, "zca", {"dataset": "cifar10"})["paths.prepared"] > 60000 * 3072 * 4
+    # the shape of a prepared file comes from its header (written by atom.io, checksummed), not its data
+    from atom.io import save_tensors
+
+    prepared = tmp_path / "data/prepared/digits.pt"
+    save_tensors({"train_images": torch.zeros(7, 1, 8, 8), "train_labels": torch.zeros(7, dtype=torch.long),
+                  "test_images": torch.zeros(3, 1, 8, 8), "test_labels": torch.zeros(3, dtype=torch.long),
+                  "classes": ["a", "b"], "state": {}}, prepared, kind="prepared")
+    assert preflight._prepared_shape(prepared) == (7, 3, 2, 1, 8, 8)
     # a disk with less than the estimate (with its margin) is refused, naming every setting on it
     with pytest.raises(preflight.PreflightError, match="paths.results"):
         preflight.check_folders({"paths.results": [Path.cwd()]}, {"paths.results": 1 << 60})

@@ -70,7 +70,9 @@ def _prepared_shape(file: Path) -> tuple | None:
     head = _header(file)
     try:
         tr, te = head["train_images"]["shape"], head["test_images"]["shape"]
-        classes = json.loads(head["__metadata__"]["atom.io"])["classes"]
+        doc = json.loads(head["__metadata__"]["atom.io"])
+        # atom.io's metadata: {"__value__": the skeleton, "__sha256__": ...}; older files, the skeleton
+        classes = (doc["__value__"] if "__sha256__" in doc else doc)["classes"]
         return (tr[0], te[0], len(classes), *(list(tr[1:]) + [1, 1])[:3])
     except (TypeError, KeyError, ValueError, IndexError):
         return None
