@@ -84,7 +84,10 @@ def _header(data: bytes) -> dict:
 
 
 def _kind(data: bytes) -> str | None:
-    return _header(data).get("__metadata__", {}).get("atom.kind")
+    """The kind atom.io wrote into a file's one metadata document."""
+    doc = json.loads(_header(data)["__metadata__"]["atom.io"])
+    assert doc["__kind__"], "the fixture's files all name their kind"
+    return doc["__kind__"]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
