@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     prep = st.load("prepared")
     k = len(prep["classes"])
     device = st.resolved_device()
-    sets = proxy_sets(st.params, st.dataset, prep, st.ipc, k)
+    sets = proxy_sets(st, prep, st.ipc, k)
     archs, skipped = usable_archs(ca["archs"], cfg, prep["train_images"].shape[1:], k)
     for arch, why in skipped.items():
         st.log.warning("crossarch: %s left out: %s", arch, why)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                                            val["seed"], k)
     sets = {FULL: (train_x, train_y, nas["full_epochs"])}
     for ipc in nas["ipcs"]:
-        for name, (x, y) in proxy_sets(st.params, st.dataset, prep, ipc, k).items():
+        for name, (x, y) in proxy_sets(st, prep, ipc, k).items():
             sets[set_name(name, ipc)] = (x, y, nas["proxy_epochs"])
     space_size, cands = candidates(st.params, int(train_x.shape[-1]))
     mine = cands[args.shard::len(nas["shards"])]

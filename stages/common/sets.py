@@ -8,7 +8,6 @@ drawn as the random baseline draws it (``runtime.seed``, from the training part 
 """
 from __future__ import annotations
 
-from .contract import RECORDS, path
 from .params import section
 
 __all__ = ["RANDOM", "FULL", "proxy_sets", "set_name"]
@@ -17,20 +16,19 @@ RANDOM = "random"
 FULL = "full"
 
 
-def proxy_sets(params: dict, dataset: str, prep: dict, ipc: int, num_classes: int) -> dict:
-    """{name: (images, labels)}: every method's synthetic set at ``ipc``, then the random subset
-    of the same size."""
+def proxy_sets(st, prep: dict, ipc: int, num_classes: int) -> dict:
+    """{name: (images, labels)}: every method's synthetic set at ``ipc`` (read through the
+    stage's :meth:`~stages.common.runner.Stage.load`, so checked as every pipeline file is),
+    then the random subset of the same size."""
     from atom.evaluation import baseline_set
     from atom.formation import training_set
-    from atom.io import load_tensors
     from atom.validation import carve
 
     out = {}
+    params = st.params
     for m in params["experiment"]["methods"]:
-        syn = load_tensors(path(params, "synthetic", dataset=dataset, method=m, ipc=ipc), kind="synthetic",
-                           fields=RECORDS["synthetic"])
-        out[m] = training_set(syn)  # decoded when distilled with factor > 1
-    val = section(params, "validation", dataset)
+        out[m] = training_set(st.load("synthetic", method=m, ipc=ipc))  # decoded when distilled with factor > 1
+    val = section(params, "validation", st.dataset)
     pool_x, pool_y, _, _ = carve(prep["train_images"], prep["train_labels"], val["per_class"], val["seed"],
                                  num_classes)
     out[RANDOM] = baseline_set(RANDOM, pool_x, pool_y, ipc=ipc, seed=params["runtime"]["seed"],
