@@ -402,16 +402,20 @@ def outputs(rule: str, state: bool = False) -> list[str]:
     return list(r.outputs) + (list(r.keeps) if state else [])
 
 
+def _fits(r: Rule, wildcards: dict) -> bool:
+    """Whether these wildcards are a job of ``r``: its fixed ones (``method: random``) as it
+    fixes them, and a ``method`` it ranges over one of :data:`METHODS` (a baseline's name is a
+    method wildcard too, of the baseline's own rule)."""
+    return (all(str(wildcards.get(w)) == str(v) for w, v in r.fixed.items())
+            and ("method" not in r.over or wildcards.get("method") in METHODS))
+
+
 def rule_for(command: str, wildcards: dict) -> str:
     """The rule a command runs with these arguments (``evaluate --method random`` is
     ``evaluate_random``); ValueError when no rule takes them."""
     given = {w for w, v in wildcards.items() if v is not None}
     for name, r in RULES.items():
-        if r.cmd != command:
-            continue
-        if all(str(wildcards.get(w)) == str(v) for w, v in r.fixed.items()) and given == set(r.over) | set(r.fixed):
-            if "method" in r.over and wildcards.get("method") not in METHODS:
-                continue
+        if r.cmd == command and given == set(r.over) | set(r.fixed) and _fits(r, wildcards):
             return name
     raise ValueError(f"no rule runs `python -m stages.{command}` with {_args(wildcards) or 'no arguments'}")
 
@@ -434,9 +438,7 @@ def command_line(rule: str, wildcards: dict, python: str = "python") -> str:
 def producer(params: dict, key: str, wildcards: dict) -> str | None:
     """'the zca stage (python -m stages.zca --dataset digits)' for a file of ``key``, else None."""
     for name, r in RULES.items():
-        if key in r.outputs and all(str(wildcards.get(w)) == str(v) for w, v in r.fixed.items()):
-            if "method" in r.over and wildcards.get("method") not in METHODS:
-                continue
+        if key in r.outputs and _fits(r, wildcards):
             wc = {w: wildcards.get(w) for w in r.over}
             return f"the {name} stage ({command_line(name, wc)})"
     return None
