@@ -20,13 +20,20 @@ Linux only (``/proc``, ``fcntl``); elsewhere both are no-ops. Torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
-__all__ = ["ProjectBusy", "claim_project", "hold_job", "release_jobs", "workflow_run", "pid_alive"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process locks
+    fcntl = None
+
+__all__ = ["ProjectBusy", "claim_project", "hold_job", "release_jobs", "workflow_run", "pid_alive", "file_lock"]
 
 _HELD: dict = {}  # path -> the open job-lock file: closing it (process exit) releases the lock
 
@@ -102,20 +109,33 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), waited for; a no-op where fcntl
+    is missing."""
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def claim_project(logs: Path) -> dict | None:
     """Refuse (:class:`ProjectBusy`) while another live workflow run holds the project; else
     record this process's run (if it has one) as the holder. Returns the run."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return None
     run = workflow_run()
     if run is not None and run["inner"]:
         return run
     logs.mkdir(parents=True, exist_ok=True)
     record, host = logs / ".pipeline.lock", socket.gethostname()
-    with open(logs / ".pipeline.lock.flock", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one reader-writer of the record at a time
+    with file_lock(logs / ".pipeline.lock.flock"):  # one reader-writer of the record at a time
         try:
             held = json.loads(record.read_text())
         except (OSError, ValueError):
@@ -134,9 +154,7 @@ def claim_project(logs: Path) -> dict | None:
 def hold_job(logs: Path, command: str, job: str) -> None:
     """Hold the job's lock until this process ends; :class:`ProjectBusy` if another process
     holds it now."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return
     folder = logs / ".locks" / command
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ The store:
 
 - :func:`tracking_uri`: ``$MLFLOW_TRACKING_URI``, then ``mlflow.tracking_uri``, then
   ``sqlite:///mlflow.db``;
-- :func:`lock_path` / :func:`file_lock`: a SQLite store is locked by ``<database>.lock`` beside
+- :func:`lock_path` / :func:`stages.common.locks.file_lock`: a SQLite store is locked by ``<database>.lock`` beside
   the database, so every process writing to it (two pipelines with different ``paths.logs``
   included) takes the same lock, and the store's creation and schema migration happen once,
   not concurrently; other stores are locked by ``<paths.logs>/.mlflow.lock``;
@@ -30,7 +30,6 @@ lock. :meth:`Tracker.close_orphans` marks FAILED the runs a killed attempt left 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -41,14 +40,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from .locks import pid_alive
+from .locks import file_lock, pid_alive
 from .signals import shielded
 
 __all__ = ["Tracker", "Run", "RunContext", "MetricStream", "tracking_uri", "experiment_name", "run_name", "flatten", "git_commit",
            "DEFAULT_TRACKING_URI", "PROBE_TIMEOUT", "TrackingUnavailable", "sqlite_path", "store_dir",
-           "artifact_location", "lock_path", "file_lock", "check_reachable", "bound_http_retries"]
+           "artifact_location", "lock_path", "check_reachable", "bound_http_retries"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PROBE_TIMEOUT = 4.0  # seconds; with the stage's start-up, an unreachable server stops it within 10 s
@@ -106,23 +105,6 @@ def lock_path(params: dict, uri: str) -> Path:
     if db is not None:
         return db.with_name(db.name + ".lock")
     return Path(params["paths"]["logs"]) / ".mlflow.lock"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing); a no-op where fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
