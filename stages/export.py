@@ -25,7 +25,7 @@ import sys
 
 from .common import runner
 from .common.contract import METHODS
-from .common.params import protocol, section
+from .common.params import protocol
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> None:
 
     record = st.load("synthetic")
     pre = st.load("preprocess")
-    seed = section(st.params, "distill", st.dataset).get("seed", st.params["runtime"]["seed"])
     out = write_export(record, pre["state"], st.path("export"), dataset=st.dataset,
-                       protocol=protocol(st.params, st.dataset), seed=seed, source=str(st.path("preprocess")))
+                       protocol=protocol(st.params, st.dataset), seed=st.params["runtime"]["seed"],
+                       source=str(st.path("preprocess")))
     st.log.info("exported %s/%s ipc %d to %s", st.dataset, st.method, st.ipc, out)
     with st.tracker().run("export", st.method, st.ipc) as run:
         run.log_artifact(out / "manifest.json")
