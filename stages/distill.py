@@ -171,9 +171,8 @@ def main(argv: list[str] | None = None) -> None:
 
     pool = None
     if uses_pool(kwargs):  # the pool stage's trained encoders
-        from atom.pool import EncoderPool
-
         from atom.io import UnreadableFileError
+        from atom.pool import EncoderPool
 
         pool = EncoderPool.load_file(st.path("pool"))
         recorded = json.loads(st.path("pool_info").read_text()).get("fingerprint")

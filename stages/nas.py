@@ -24,6 +24,7 @@ from .common import runner
 from .common.params import evaluate_settings, section
 from .common.sets import FULL, proxy_sets, set_name
 
+
 def candidates(params: dict, im_size: int) -> tuple[int, list[tuple[int, dict]]]:
     """(size of the fitting space, [(index in it, configuration)] of every candidate in space order)."""
     from atom.nas import sample_space, search_space

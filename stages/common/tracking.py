@@ -165,6 +165,7 @@ def git_commit(cwd: str | os.PathLike = ".") -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
+
 def experiment_name(params: dict, dataset: str) -> str:
     return f"{params['mlflow']['experiment_prefix']}{dataset}"
 
