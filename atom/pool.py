@@ -300,8 +300,8 @@ def train_pool(images: Tensor, labels: Tensor, *, num_classes: int | None = None
 
     With ``state_dir`` every member's progress is saved there after each epoch (and when it is
     done), and a rerun resumes from it; a member's state made with other settings, or with
-    another ``state_key`` (the pipeline passes a digest of the training code), is trained afresh. ``on_event`` gets an :class:`atom.events.MemberTrained`
-    as each member ends."""
+    another ``state_key`` (the pipeline passes a digest of the training code), is trained
+    afresh. ``on_event`` gets an :class:`atom.events.MemberTrained` as each member ends."""
     cfg = PoolConfig(**config)
     k = check_dataset(images, labels, num_classes)
     dev = resolve_device(device)
