@@ -22,7 +22,7 @@ import re
 import sys
 
 from .codedeps import code_deps
-from .contract import FILES, RULES, ROOT, Gather, Input, wildcards_of
+from .contract import FILES, RULES, ROOT, Gather, Input, command_line, wildcards_of
 from .params import dvc_params
 
 __all__ = ["render", "main"]
@@ -96,8 +96,7 @@ def deps(rule: str) -> list[str]:
 
 def _stage(rule: str) -> list[str]:
     r = RULES[rule]
-    cmd_args = " ".join(f"--{w} {{{w}}}" for w in ("dataset", "method", "ipc", "shard") if w in r.over or w in r.fixed)
-    cmd = _template(rule, f"python -m {r.module}" + (f" {cmd_args}" if cmd_args else ""))
+    cmd = _template(rule, command_line(rule, {w: "{" + w + "}" for w in r.over}))  # the Snakefile's command
     lines = [f"  {rule}:"]
     ind = "    "
     if len(r.over) == 1:
